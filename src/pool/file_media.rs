@@ -1,0 +1,350 @@
+//! `MappedMedia`: a pool medium mapped into memory with memmap2.
+//!
+//! Opens a regular file, a block device or a devdax character device, takes
+//! the pool lock, and maps the whole medium shared. Regular files are first
+//! tried with `MAP_SYNC` (only a DAX filesystem accepts it); there, and on
+//! devdax, durability is cache-line write-back plus a fence. Everywhere else
+//! it is `msync`. Locking: a second opener, in this process or another, gets
+//! [`PoolError::LockedBy`] naming the holder's PID.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::FallocateFlags;
+
+use super::error::{PoolError, Result};
+use super::media::{check_bounds, Media, MediaKind};
+use super::sys;
+
+enum Mapping {
+    Mmap(MmapRaw),
+    Sync(sys::SyncMapping),
+}
+
+/// A pool medium backed by a mapped file or device.
+pub struct MappedMedia {
+    path: PathBuf,
+    file: File,
+    mapping: Mapping,
+    base: *mut u8,
+    len: u64,
+    kind: MediaKind,
+    writable: bool,
+}
+
+// SAFETY: `base` points into `mapping`, owned by this struct; the mapping is
+// shared memory with no thread affinity.
+unsafe impl Send for MappedMedia {}
+// SAFETY: all access goes through bounds-checked copies; callers do not race
+// on a range (the `Media` contract).
+unsafe impl Sync for MappedMedia {}
+
+impl std::fmt::Debug for MappedMedia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedMedia")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("kind", &self.kind)
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+fn io_err<'a>(path: &'a Path, operation: &'static str) -> impl FnOnce(io::Error) -> PoolError + 'a {
+    move |source| PoolError::Io {
+        path: path.to_path_buf(),
+        operation,
+        source,
+    }
+}
+
+impl MappedMedia {
+    /// Create a sparse pool file of `size` bytes; fails if `path` exists.
+    pub fn create_file(path: &Path, size: u64) -> Result<MappedMedia> {
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(PoolError::PoolExists {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(source) => {
+                return Err(PoolError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let made = (|| {
+            file.set_len(size)
+                .map_err(io_err(path, "setting the pool size"))?;
+            Self::from_file(path, file, true)
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        made
+    }
+
+    /// Open an existing pool medium.
+    pub fn open(path: &Path, writable: bool) -> Result<MappedMedia> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(PoolError::PoolNotFound {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(source) => {
+                return Err(PoolError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let ft = meta.file_type();
+        let what = if ft.is_dir() {
+            Some("directory")
+        } else if ft.is_fifo() {
+            Some("FIFO")
+        } else if ft.is_socket() {
+            Some("socket")
+        } else if ft.is_char_device() && !is_devdax(path) {
+            Some("character device that is not device-DAX")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(PoolError::WrongFileType {
+                path: path.to_path_buf(),
+                what,
+            });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|source| PoolError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::from_file(path, file, writable)
+    }
+
+    fn from_file(path: &Path, file: File, writable: bool) -> Result<MappedMedia> {
+        let path = path.to_path_buf();
+        if !sys::lock_pool(file.as_fd(), writable).map_err(io_err(&path, "locking"))? {
+            let holder = sys::lock_holder(file.as_fd(), writable).ok().flatten();
+            return Err(match holder {
+                Some(pid) => PoolError::LockedBy { path, pid },
+                None => PoolError::LockedBy {
+                    path,
+                    pid: std::process::id() as i32,
+                },
+            });
+        }
+        let ft = file
+            .metadata()
+            .map_err(io_err(&path, "reading file metadata"))?
+            .file_type();
+        let (len, mut kind) = if ft.is_block_device() {
+            let len = sys::block_device_size(file.as_fd()).map_err(io_err(&path, "sizing"))?;
+            (len, MediaKind::BlockDevice)
+        } else if ft.is_char_device() {
+            (devdax_size(&path)?, MediaKind::DevDax)
+        } else {
+            let len = file
+                .metadata()
+                .map_err(io_err(&path, "reading file metadata"))?
+                .len();
+            (len, MediaKind::File)
+        };
+        if len == 0 {
+            return Err(PoolError::NotAPool { path });
+        }
+        let map_len = usize::try_from(len).map_err(|_| PoolError::Unsupported {
+            path: path.clone(),
+            feature: "a pool this large",
+            why: "it does not fit the address space".into(),
+        })?;
+        let mut mapping = None;
+        if kind == MediaKind::File {
+            if let Some(m) = sys::SyncMapping::map(file.as_fd(), map_len, writable)
+                .map_err(io_err(&path, "mapping"))?
+            {
+                kind = MediaKind::DaxFile;
+                mapping = Some(Mapping::Sync(m));
+            }
+        }
+        let mapping = match mapping {
+            Some(m) => m,
+            None => {
+                let mut opts = MmapOptions::new();
+                opts.len(map_len);
+                let raw = if writable {
+                    opts.map_raw(&file)
+                } else {
+                    opts.map_raw_read_only(&file)
+                };
+                Mapping::Mmap(raw.map_err(io_err(&path, "mapping"))?)
+            }
+        };
+        let base = match &mapping {
+            Mapping::Mmap(m) => m.as_mut_ptr(),
+            Mapping::Sync(m) => {
+                debug_assert_eq!(m.len(), map_len);
+                m.as_ptr()
+            }
+        };
+        Ok(MappedMedia {
+            path,
+            file,
+            mapping,
+            base,
+            len,
+            kind,
+            writable,
+        })
+    }
+
+    /// The path this medium was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cache_flushed(&self) -> bool {
+        matches!(self.kind, MediaKind::DaxFile | MediaKind::DevDax)
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the pool is mapped read-only",
+            ))
+        }
+    }
+}
+
+fn is_devdax(path: &Path) -> bool {
+    sysfs_dir(path)
+        .map(|d| d.join("dax_region").exists() || d.join("size").exists())
+        .unwrap_or(false)
+        && path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("dax"))
+}
+
+fn sysfs_dir(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(path).ok()?.rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    Some(PathBuf::from(format!("/sys/dev/char/{major}:{minor}")))
+}
+
+fn devdax_size(path: &Path) -> Result<u64> {
+    let unsupported = |why: String| PoolError::Unsupported {
+        path: path.to_path_buf(),
+        feature: "this character device",
+        why,
+    };
+    let dir = sysfs_dir(path).ok_or_else(|| unsupported("its sysfs entry is missing".into()))?;
+    let text = std::fs::read_to_string(dir.join("size"))
+        .map_err(|e| unsupported(format!("cannot read its size from sysfs ({e})")))?;
+    text.trim()
+        .parse()
+        .map_err(|_| unsupported(format!("sysfs size {text:?} is not a number")))
+}
+
+impl Media for MappedMedia {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn kind(&self) -> MediaKind {
+        self.kind
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_bounds(self.len, offset, buf.len() as u64)?;
+        // SAFETY: bounds checked above; the mapping lives as long as self.
+        unsafe { sys::copy_out(self.base, offset, buf) };
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        check_bounds(self.len, offset, data.len() as u64)?;
+        // SAFETY: bounds checked above; the mapping is writable and lives as
+        // long as self.
+        unsafe { sys::copy_in(self.base, offset, data) };
+        Ok(())
+    }
+
+    fn flush(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_bounds(self.len, offset, len)?;
+        if len == 0 || !self.writable {
+            return Ok(());
+        }
+        if self.cache_flushed() {
+            // SAFETY: bounds checked above.
+            unsafe { sys::write_back_lines(self.base, offset, len) };
+            return Ok(());
+        }
+        match &self.mapping {
+            Mapping::Mmap(m) => m.flush_range(offset as usize, len as usize),
+            Mapping::Sync(_) => Ok(()),
+        }
+    }
+
+    fn barrier(&self) -> io::Result<()> {
+        if self.cache_flushed() {
+            sys::store_fence();
+        }
+        Ok(())
+    }
+
+    fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        check_bounds(self.len, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.kind == MediaKind::File || self.kind == MediaKind::DaxFile {
+            let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            rustix::fs::fallocate(&self.file, punch, offset, len)?;
+            rustix::fs::fallocate(&self.file, FallocateFlags::KEEP_SIZE, offset, len)?;
+            return Ok(());
+        }
+        const CHUNK: usize = 1 << 20;
+        let zeros = vec![0u8; CHUNK.min(len as usize)];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64);
+            self.write(offset + done, &zeros[..n as usize])?;
+            done += n;
+        }
+        self.persist(offset, len)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        check_bounds(self.len, offset, len)?;
+        if len > 0 && matches!(self.kind, MediaKind::File | MediaKind::DaxFile) {
+            let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            rustix::fs::fallocate(&self.file, punch, offset, len)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! The `Media` trait: the one door through which the pool reads, writes and
+//! makes bytes durable.
+//!
+//! All durability goes through [`Media::flush`] and [`Media::barrier`] (and
+//! [`Media::persist`], which is the two together). Nothing the pool writes is
+//! assumed durable until a barrier after a flush covering it has returned.
+//! That rule is what lets [`crate::pool::crash::CrashMedia`] stop a workload
+//! at any persist point and show what a real crash could leave behind.
+
+use std::fmt;
+use std::io;
+
+/// What kind of medium stands behind a pool, and so how `persist` works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    /// A regular file mapped shared; durability by `msync`.
+    File,
+    /// A file on a DAX filesystem mapped with `MAP_SYNC`; durability by
+    /// cache-line write-back and a store fence.
+    DaxFile,
+    /// A block device (`/dev/pmem0`, a loop device); durability by `msync`.
+    BlockDevice,
+    /// A device-DAX character device (`/dev/dax0.0`); cache-line write-back.
+    DevDax,
+    /// Memory only (tests): the crash-simulating media.
+    Memory,
+}
+
+impl MediaKind {
+    /// A short name for tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            MediaKind::File => "file",
+            MediaKind::DaxFile => "dax-file",
+            MediaKind::BlockDevice => "block-device",
+            MediaKind::DevDax => "devdax",
+            MediaKind::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for MediaKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A byte-addressable persistent medium of fixed length.
+///
+/// Offsets are absolute byte offsets in the medium. Implementations check
+/// bounds and return `InvalidInput` for accesses outside `len()`. Callers
+/// must not write a range while another thread reads or writes it.
+pub trait Media: Send + Sync + fmt::Debug {
+    /// Length in bytes.
+    fn len(&self) -> u64;
+
+    /// Whether the medium has no bytes at all.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What kind of medium this is.
+    fn kind(&self) -> MediaKind;
+
+    /// Copy bytes out of the medium.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Copy bytes into the medium (not yet durable).
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Start making a range durable. It is durable once a later
+    /// [`barrier`](Media::barrier) has returned.
+    fn flush(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Wait until every flushed range is durable, and order every later
+    /// write after them. This is the persist point crash tests stop at.
+    fn barrier(&self) -> io::Result<()>;
+
+    /// Make a range durable now: `flush` then `barrier`.
+    fn persist(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.flush(offset, len)?;
+        self.barrier()
+    }
+
+    /// Make a range read as zeros, durably, with its storage reserved so
+    /// that later writes cannot fail for lack of space (file media punch a
+    /// hole and allocate it again; devices write zeros).
+    fn zero(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Tell the medium a range is no longer in use: file media give its
+    /// storage back. Its contents are unspecified afterwards.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// Check that `offset..offset+len` lies inside a medium of `media_len` bytes.
+pub(crate) fn check_bounds(media_len: u64, offset: u64, len: u64) -> io::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= media_len => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("range {offset}+{len} is outside the {media_len}-byte medium"),
+        )),
+    }
+}

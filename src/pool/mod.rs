@@ -1,0 +1,959 @@
+//! The pool: one NVRAM medium holding named regions (SPEC §4).
+//!
+//! # Layout
+//!
+//! ```text
+//! page 0          superblock copy A  ┐ identical contents, A written first
+//! page 1          superblock copy B  ┘ (superblock.rs)
+//! pages 2..       checkpoint slot 0  ┐ full region table; the superblock
+//!                 checkpoint slot 1  ┘ names the active one (checkpoint.rs)
+//!                 metadata journal     redo records since that checkpoint
+//!                                      (journal.rs)
+//! data_start..    data pages           owned by regions or free
+//! ```
+//!
+//! # Why a journal over a checkpoint
+//!
+//! Every metadata operation (create, delete, rename, resize, attributes) is
+//! one small journal record made durable with one persist: on NVRAM that is
+//! a few cache lines, which is what makes create + delete take microseconds.
+//! When the journal is full, the whole table is written to the inactive
+//! checkpoint slot and the superblock switches to it, which empties the
+//! journal (its records carry the old epoch and stop counting). A shadow
+//! root (copy-on-write table) was the alternative; it rewrites table pages
+//! on every change, while the journal writes each change once.
+//!
+//! Crash atomicity: an operation has happened exactly when its record is
+//! durable (checksummed, so a torn record is not one), or when the
+//! superblock names a checkpoint that contains it. The active checkpoint is
+//! never overwritten. Free space is not stored at all: at open it is the
+//! complement of the regions' extents, so no crash can leak a page, and
+//! open costs one pass over the metadata, never over the data.
+//!
+//! Data pages are zeroed and reserved when a region takes them (file pools
+//! punch a hole and allocate it again), so a new region reads as zeros and
+//! later writes to it cannot fail for lack of disk space.
+
+mod alloc;
+mod catalog;
+mod check;
+mod checkpoint;
+pub mod crash;
+mod error;
+mod file_media;
+mod journal;
+mod media;
+mod region;
+mod superblock;
+mod sys;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+pub use check::{CheckReport, Problem};
+pub use error::{ErrorKind, PoolError, Result};
+pub use file_media::MappedMedia;
+pub use media::{Media, MediaKind};
+pub use region::{validate_name, Extent, RegionKind, MAX_NAME_LEN};
+
+use catalog::Catalog;
+use journal::{Change, Cursor, Tail};
+use region::{validate_attr_key, RegionEntry, MAX_ATTR_BYTES, MAX_EXTENTS};
+use superblock::{Superblock, SuperblockFault, SUPERBLOCK_SIZE};
+
+/// The pool's allocation unit.
+pub const PAGE_SIZE: u64 = 4096;
+/// The smallest metadata area: one page per checkpoint slot, two of journal.
+pub const MIN_METADATA_SIZE: u64 = 4 * PAGE_SIZE;
+
+/// Options for [`Pool::create`].
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Pool size in bytes (rounded down to whole pages). Ignored for
+    /// devices, which are used whole.
+    pub size: u64,
+    /// Bytes reserved for metadata; `None` picks a size from the pool size.
+    pub metadata_size: Option<u64>,
+    /// Format a device even if it already holds a pool.
+    pub force: bool,
+}
+
+/// How to open a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// A region as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegionInfo {
+    pub id: u64,
+    pub name: String,
+    pub kind: RegionKind,
+    /// Allocated size in bytes (whole pages).
+    pub size: u64,
+    /// Byte offset in the pool of a `memory` region's single extent.
+    pub offset: Option<u64>,
+    pub extents: Vec<Extent>,
+    pub created_unix: u64,
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl RegionInfo {
+    fn from_entry(e: &RegionEntry) -> RegionInfo {
+        RegionInfo {
+            id: e.id,
+            name: e.name.clone(),
+            kind: e.kind,
+            size: e.pages() * PAGE_SIZE,
+            offset: (e.kind == RegionKind::Memory)
+                .then(|| e.extents.first().map(|x| x.start * PAGE_SIZE))
+                .flatten(),
+            extents: e.extents.clone(),
+            created_unix: e.created_unix,
+            attrs: e.attrs.clone(),
+        }
+    }
+}
+
+/// Facts about an open pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolInfo {
+    pub path: PathBuf,
+    pub uuid: String,
+    pub format_version: u32,
+    pub media: String,
+    pub size: u64,
+    pub page_size: u64,
+    pub data_pages: u64,
+    pub free_pages: u64,
+    pub regions: usize,
+    pub generation: u64,
+    pub metadata_size: u64,
+    pub journal_used: u64,
+    pub created_unix: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    sb: Superblock,
+    catalog: Catalog,
+    cursor: Cursor,
+    /// Set when a write to the medium failed mid-operation: the in-memory
+    /// view may be ahead of the medium, so nothing more is written.
+    failed: bool,
+}
+
+/// An open pool, exclusively locked. Methods take `&self`; metadata is
+/// guarded by one mutex so the daemon can share one `Pool` between threads.
+#[derive(Debug)]
+pub struct Pool {
+    path: PathBuf,
+    media: Arc<dyn Media>,
+    writable: bool,
+    state: Mutex<State>,
+    /// Problems met at open that did not stop it (lenient opens only).
+    open_problems: Vec<String>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The metadata area picked for a pool of `size` bytes: 1/64 of the pool,
+/// between 1 MiB and 64 MiB.
+pub fn default_metadata_size(size: u64) -> u64 {
+    (size / 64).clamp(1 << 20, 64 << 20)
+}
+
+/// Split a metadata size into (pages per checkpoint slot, journal pages).
+fn metadata_split(metadata_size: u64) -> (u64, u64) {
+    let pages = (metadata_size / PAGE_SIZE).max(4);
+    let checkpoint = pages / 4;
+    (checkpoint, pages - 2 * checkpoint)
+}
+
+impl Pool {
+    /// Create a new pool file of `opts.size` bytes (a sparse file) and open
+    /// it read-write. On a block or devdax device, format the device.
+    pub fn create(path: &Path, opts: &CreateOptions) -> Result<Pool> {
+        let is_device = std::fs::metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_block_device() || m.file_type().is_char_device()
+        });
+        let size = opts.size / PAGE_SIZE * PAGE_SIZE;
+        if is_device {
+            let media = MappedMedia::open(path, true)?;
+            if !opts.force && Self::holds_pool(&media) {
+                return Err(PoolError::PoolExists {
+                    path: path.to_path_buf(),
+                });
+            }
+            let len = media.len() / PAGE_SIZE * PAGE_SIZE;
+            return Self::format(Arc::new(media), path, len, opts.metadata_size);
+        }
+        Self::check_size(size, opts.metadata_size)?;
+        let media = MappedMedia::create_file(path, size)?;
+        Self::format(Arc::new(media), path, size, opts.metadata_size).inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })
+    }
+
+    fn holds_pool(media: &dyn Media) -> bool {
+        let mut buf = [0u8; SUPERBLOCK_SIZE];
+        [0, PAGE_SIZE]
+            .iter()
+            .any(|&off| media.read(off, &mut buf).is_ok() && Superblock::decode(&buf).is_ok())
+    }
+
+    fn check_size(size: u64, metadata_size: Option<u64>) -> Result<()> {
+        let meta = metadata_size.unwrap_or_else(|| default_metadata_size(size));
+        if meta < MIN_METADATA_SIZE {
+            return Err(PoolError::TooSmall {
+                size: meta,
+                min: MIN_METADATA_SIZE,
+            });
+        }
+        let (ckpt, log) = metadata_split(meta);
+        let min = (Superblock::metadata_pages(ckpt, log) + 1) * PAGE_SIZE;
+        if size < min {
+            return Err(PoolError::TooSmall { size, min });
+        }
+        Ok(())
+    }
+
+    /// Format `media` (its first `size` bytes) as an empty pool and open it.
+    pub fn format(
+        media: Arc<dyn Media>,
+        path: &Path,
+        size: u64,
+        metadata_size: Option<u64>,
+    ) -> Result<Pool> {
+        Self::check_size(size, metadata_size)?;
+        let meta = metadata_size.unwrap_or_else(|| default_metadata_size(size));
+        let (checkpoint_pages, log_pages) = metadata_split(meta);
+        let data_start = Superblock::metadata_pages(checkpoint_pages, log_pages);
+        let sb = Superblock {
+            uuid: *uuid::Uuid::new_v4().as_bytes(),
+            pool_size: size,
+            active_checkpoint: 0,
+            generation: 1,
+            checkpoint_pages,
+            log_pages,
+            data_start,
+            data_pages: size / PAGE_SIZE - data_start,
+            created_unix: now_unix(),
+        };
+        let io = |operation| {
+            move |source| PoolError::Io {
+                path: path.to_path_buf(),
+                operation,
+                source,
+            }
+        };
+        let empty = checkpoint::encode(sb.generation, 1, std::iter::empty());
+        media
+            .write(sb.checkpoint_offset(0), &empty)
+            .map_err(io("writing the first checkpoint"))?;
+        media
+            .write(sb.log_offset(), &[0; journal::HEADER_SIZE])
+            .map_err(io("clearing the journal"))?;
+        media
+            .flush(sb.checkpoint_offset(0), empty.len() as u64)
+            .map_err(io("flushing"))?;
+        media
+            .flush(sb.log_offset(), journal::HEADER_SIZE as u64)
+            .map_err(io("flushing"))?;
+        media.barrier().map_err(io("flushing"))?;
+        write_superblocks(media.as_ref(), &sb).map_err(io("writing the superblocks"))?;
+        Self::open_media(media, path, OpenMode::ReadWrite)
+    }
+
+    /// Open an existing pool: a regular file, block device or devdax device.
+    pub fn open(path: &Path, mode: OpenMode) -> Result<Pool> {
+        let media = MappedMedia::open(path, mode == OpenMode::ReadWrite)?;
+        Self::open_media(Arc::new(media), path, mode)
+    }
+
+    /// Open a pool on any medium (`path` only names it in messages).
+    pub fn open_media(media: Arc<dyn Media>, path: &Path, mode: OpenMode) -> Result<Pool> {
+        Self::open_inner(media, path, mode, true)
+    }
+
+    fn open_inner(
+        media: Arc<dyn Media>,
+        path: &Path,
+        mode: OpenMode,
+        strict: bool,
+    ) -> Result<Pool> {
+        let path = path.to_path_buf();
+        let (sb, faults, differ) = read_superblocks(media.as_ref(), &path)?;
+        for (copy, fault) in ["A", "B"].iter().zip(&faults) {
+            if let Some(fault) = fault {
+                tracing::warn!(pool = %path.display(), "superblock copy {copy} is damaged: {fault}");
+            }
+        }
+        if media.len() < sb.pool_size {
+            return Err(PoolError::Truncated {
+                path,
+                expected: sb.pool_size,
+                actual: media.len(),
+            });
+        }
+        // A crash while the two copies were written leaves one damaged or
+        // older; a read-write open finishes that update. (`check` opens
+        // leniently and reports it instead.)
+        let heal =
+            strict && mode == OpenMode::ReadWrite && (differ || faults.iter().any(Option::is_some));
+        let corrupt = |detail: String| PoolError::CorruptMetadata {
+            path: path.clone(),
+            detail,
+        };
+        let ckpt = read_checkpoint(media.as_ref(), &sb).map_err(corrupt)?;
+        if ckpt.generation != sb.generation {
+            return Err(corrupt(format!(
+                "the active checkpoint is of generation {} but the superblock of {}",
+                ckpt.generation, sb.generation
+            )));
+        }
+        let source = MediaLog {
+            media: media.as_ref(),
+            base: sb.log_offset(),
+            len: sb.log_bytes(),
+        };
+        let (changes, cursor, tail) = journal::replay(source, sb.generation, &sb.uuid);
+        if let Tail::Torn(why) = &tail {
+            tracing::info!(pool = %path.display(), "ignoring a torn journal record left by a crash: {why}");
+        }
+        let data_end = sb.data_start + sb.data_pages;
+        let (catalog, problems) = Catalog::rebuild(
+            sb.data_start,
+            data_end,
+            ckpt.next_region_id,
+            ckpt.regions,
+            changes,
+        );
+        if strict && !problems.is_empty() {
+            return Err(corrupt(problems.join("; ")));
+        }
+        if heal {
+            write_superblocks(media.as_ref(), &sb).map_err(|source| PoolError::Io {
+                path: path.clone(),
+                operation: "rewriting the superblock copies",
+                source,
+            })?;
+            tracing::warn!(pool = %path.display(), "rewrote both superblock copies from the newest valid one");
+        }
+        Ok(Pool {
+            path,
+            media,
+            writable: mode == OpenMode::ReadWrite,
+            state: Mutex::new(State {
+                sb,
+                catalog,
+                cursor,
+                failed: false,
+            }),
+            open_problems: problems,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The path the pool was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The medium, for data access by region users.
+    pub fn media(&self) -> &Arc<dyn Media> {
+        &self.media
+    }
+
+    /// Facts about the pool.
+    pub fn info(&self) -> PoolInfo {
+        let st = self.lock();
+        PoolInfo {
+            path: self.path.clone(),
+            uuid: st.sb.uuid_string(),
+            format_version: superblock::FORMAT_VERSION,
+            media: self.media.kind().name().to_string(),
+            size: st.sb.pool_size,
+            page_size: PAGE_SIZE,
+            data_pages: st.sb.data_pages,
+            free_pages: st.catalog.free.free_pages(),
+            regions: st.catalog.regions.len(),
+            generation: st.sb.generation,
+            metadata_size: st.sb.data_start * PAGE_SIZE,
+            journal_used: st.cursor.offset,
+            created_unix: st.sb.created_unix,
+        }
+    }
+
+    /// Every region, sorted by name.
+    pub fn regions(&self) -> Vec<RegionInfo> {
+        let st = self.lock();
+        st.catalog
+            .names
+            .values()
+            .filter_map(|id| st.catalog.regions.get(id))
+            .map(RegionInfo::from_entry)
+            .collect()
+    }
+
+    /// The region called `name`.
+    pub fn region(&self, name: &str) -> Result<RegionInfo> {
+        let st = self.lock();
+        st.catalog
+            .by_name(name)
+            .map(RegionInfo::from_entry)
+            .ok_or_else(|| PoolError::RegionNotFound {
+                name: name.to_string(),
+            })
+    }
+
+    fn writable_state(&self) -> Result<MutexGuard<'_, State>> {
+        if !self.writable {
+            return Err(PoolError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let st = self.lock();
+        if st.failed {
+            return Err(PoolError::Io {
+                path: self.path.clone(),
+                operation: "an earlier metadata write",
+                source: std::io::Error::other(
+                    "the pool stopped taking changes; restart to reopen it",
+                ),
+            });
+        }
+        Ok(st)
+    }
+
+    fn pages_for(size: u64) -> Result<u64> {
+        if size == 0 {
+            return Err(PoolError::ZeroSize);
+        }
+        Ok(size.div_ceil(PAGE_SIZE))
+    }
+
+    /// Create a region of `size` bytes (rounded up to whole pages). Its
+    /// pages read as zeros.
+    pub fn create_region(&self, name: &str, kind: RegionKind, size: u64) -> Result<RegionInfo> {
+        validate_name(name).map_err(|reason| PoolError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })?;
+        let pages = Self::pages_for(size)?;
+        let mut st = self.writable_state()?;
+        if st.catalog.names.contains_key(name) {
+            return Err(PoolError::RegionExists {
+                name: name.to_string(),
+            });
+        }
+        let extents = self.allocate(&mut st, name, kind, pages, MAX_EXTENTS)?;
+        let entry = RegionEntry {
+            id: st.catalog.next_id,
+            name: name.to_string(),
+            kind,
+            created_unix: now_unix(),
+            extents: extents.clone(),
+            attrs: BTreeMap::new(),
+        };
+        self.prepare_and_commit(&mut st, &extents, Change::Put(entry.clone()))?;
+        Ok(RegionInfo::from_entry(&entry))
+    }
+
+    fn allocate(
+        &self,
+        st: &mut State,
+        name: &str,
+        kind: RegionKind,
+        pages: u64,
+        max_extents: usize,
+    ) -> Result<Vec<Extent>> {
+        let free = st.catalog.free.free_pages();
+        if pages > free {
+            return Err(PoolError::NoSpace {
+                name: name.to_string(),
+                needed: pages,
+                free,
+            });
+        }
+        if kind == RegionKind::Memory {
+            return st
+                .catalog
+                .free
+                .allocate_contiguous(pages)
+                .map(|e| vec![e])
+                .ok_or_else(|| PoolError::NoContiguousSpace {
+                    name: name.to_string(),
+                    needed: pages,
+                    largest: st.catalog.free.largest_run(),
+                });
+        }
+        st.catalog
+            .free
+            .allocate(pages, max_extents)
+            .ok_or(PoolError::TooFragmented {
+                name: name.to_string(),
+                max: MAX_EXTENTS,
+            })
+    }
+
+    /// Zero and reserve newly taken pages, then commit `change`; on failure
+    /// the pages go back to the free space.
+    fn prepare_and_commit(&self, st: &mut State, taken: &[Extent], change: Change) -> Result<()> {
+        let result = taken
+            .iter()
+            .try_for_each(|e| self.media.zero(e.start * PAGE_SIZE, e.count * PAGE_SIZE))
+            .map_err(|source| PoolError::Io {
+                path: self.path.clone(),
+                operation: "reserving and zeroing the region's pages",
+                source,
+            })
+            .and_then(|()| self.commit(st, change));
+        if result.is_err() && !st.failed {
+            for e in taken {
+                st.catalog.free.release(*e);
+            }
+        }
+        result
+    }
+
+    /// Make `change` durable (a journal record, or a checkpoint when the
+    /// journal is full) and apply it to the catalog.
+    fn commit(&self, st: &mut State, change: Change) -> Result<()> {
+        let (bytes, next) = journal::encode(st.sb.generation, st.cursor, &change);
+        if next.offset <= st.sb.log_bytes() {
+            let at = st.sb.log_offset() + st.cursor.offset;
+            let written = self
+                .media
+                .write(at, &bytes)
+                .and_then(|()| self.media.persist(at, bytes.len() as u64));
+            if let Err(source) = written {
+                st.failed = true;
+                return Err(PoolError::Io {
+                    path: self.path.clone(),
+                    operation: "writing a journal record",
+                    source,
+                });
+            }
+            st.catalog.apply(&change);
+            st.cursor = next;
+            return Ok(());
+        }
+        let undo = match &change {
+            Change::Put(e) => match st.catalog.regions.get(&e.id) {
+                Some(old) => Change::Put(old.clone()),
+                None => Change::Delete { id: e.id },
+            },
+            Change::Delete { id } => Change::Put(st.catalog.regions[id].clone()),
+        };
+        st.catalog.apply(&change);
+        let written = self.checkpoint(st);
+        if written.is_err() && !st.failed {
+            st.catalog.apply(&undo);
+        }
+        written
+    }
+
+    /// Write the whole catalog to the inactive checkpoint slot and switch
+    /// the superblocks to it; the journal starts empty in the new epoch.
+    fn checkpoint(&self, st: &mut State) -> Result<()> {
+        let generation = st.sb.generation + 1;
+        let bytes = checkpoint::encode(generation, st.catalog.next_id, st.catalog.regions.values());
+        if bytes.len() as u64 > st.sb.checkpoint_bytes() {
+            return Err(PoolError::MetadataFull {
+                capacity: st.sb.checkpoint_bytes(),
+            });
+        }
+        let slot = 1 - st.sb.active_checkpoint;
+        let mut sb = st.sb;
+        sb.generation = generation;
+        sb.active_checkpoint = slot;
+        let at = sb.checkpoint_offset(slot);
+        let written = self
+            .media
+            .write(at, &bytes)
+            .and_then(|()| self.media.persist(at, bytes.len() as u64))
+            .and_then(|()| write_superblocks(self.media.as_ref(), &sb));
+        if let Err(source) = written {
+            st.failed = true;
+            return Err(PoolError::Io {
+                path: self.path.clone(),
+                operation: "writing a checkpoint",
+                source,
+            });
+        }
+        st.sb = sb;
+        st.cursor = Cursor::start(sb.generation, &sb.uuid);
+        Ok(())
+    }
+
+    /// Delete a region; its pages are freed.
+    pub fn delete_region(&self, name: &str) -> Result<()> {
+        let mut st = self.writable_state()?;
+        let entry = st
+            .catalog
+            .by_name(name)
+            .cloned()
+            .ok_or_else(|| PoolError::RegionNotFound {
+                name: name.to_string(),
+            })?;
+        self.commit(&mut st, Change::Delete { id: entry.id })?;
+        self.release(&mut st, &entry.extents);
+        Ok(())
+    }
+
+    /// Return pages whose new owner state is durable.
+    fn release(&self, st: &mut State, extents: &[Extent]) {
+        for e in extents {
+            st.catalog.free.release(*e);
+            if let Err(err) = self.media.discard(e.start * PAGE_SIZE, e.count * PAGE_SIZE) {
+                tracing::debug!("could not give freed pages back to the medium: {err}");
+            }
+        }
+    }
+
+    /// Rename a region.
+    pub fn rename_region(&self, name: &str, new_name: &str) -> Result<()> {
+        validate_name(new_name).map_err(|reason| PoolError::InvalidName {
+            name: new_name.to_string(),
+            reason,
+        })?;
+        let mut st = self.writable_state()?;
+        let mut entry =
+            st.catalog
+                .by_name(name)
+                .cloned()
+                .ok_or_else(|| PoolError::RegionNotFound {
+                    name: name.to_string(),
+                })?;
+        if name == new_name {
+            return Ok(());
+        }
+        if st.catalog.names.contains_key(new_name) {
+            return Err(PoolError::RegionExists {
+                name: new_name.to_string(),
+            });
+        }
+        entry.name = new_name.to_string();
+        self.commit(&mut st, Change::Put(entry))
+    }
+
+    /// Grow or shrink a region's allocation to `size` bytes (rounded up to
+    /// pages). Growth reads as zeros; shrinking drops pages from the end.
+    /// A memory region grows only in place.
+    pub fn resize_region(&self, name: &str, size: u64) -> Result<RegionInfo> {
+        let pages = Self::pages_for(size)?;
+        let mut st = self.writable_state()?;
+        let mut entry =
+            st.catalog
+                .by_name(name)
+                .cloned()
+                .ok_or_else(|| PoolError::RegionNotFound {
+                    name: name.to_string(),
+                })?;
+        let current = entry.pages();
+        if pages == current {
+            return Ok(RegionInfo::from_entry(&entry));
+        }
+        if pages < current {
+            let mut keep = pages;
+            let mut removed = Vec::new();
+            let mut kept = Vec::new();
+            for e in &entry.extents {
+                let take = e.count.min(keep);
+                if take > 0 {
+                    kept.push(Extent {
+                        start: e.start,
+                        count: take,
+                    });
+                }
+                if take < e.count {
+                    removed.push(Extent {
+                        start: e.start + take,
+                        count: e.count - take,
+                    });
+                }
+                keep -= take;
+            }
+            entry.extents = kept;
+            self.commit(&mut st, Change::Put(entry.clone()))?;
+            self.release(&mut st, &removed);
+            return Ok(RegionInfo::from_entry(&entry));
+        }
+        let extra = pages - current;
+        let last = *entry.extents.last().expect("a region owns pages");
+        let taken = if st.catalog.free.take_at(last.end(), extra) {
+            vec![Extent {
+                start: last.end(),
+                count: extra,
+            }]
+        } else if entry.kind == RegionKind::Memory {
+            return Err(PoolError::CannotGrowInPlace {
+                name: name.to_string(),
+                extra,
+            });
+        } else {
+            let room = MAX_EXTENTS.saturating_sub(entry.extents.len()).max(1);
+            self.allocate(&mut st, name, entry.kind, extra, room)?
+        };
+        entry.extents.extend(taken.iter().copied());
+        alloc::coalesce(&mut entry.extents);
+        self.prepare_and_commit(&mut st, &taken, Change::Put(entry.clone()))?;
+        Ok(RegionInfo::from_entry(&entry))
+    }
+
+    /// Set (`Some`) or remove (`None`) a small persistent attribute of a
+    /// region (at most 4 KiB of attributes per region).
+    pub fn set_region_attr(&self, name: &str, key: &str, value: Option<&str>) -> Result<()> {
+        let invalid = |reason| PoolError::InvalidAttribute {
+            name: name.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        validate_attr_key(key).map_err(invalid)?;
+        let mut st = self.writable_state()?;
+        let mut entry =
+            st.catalog
+                .by_name(name)
+                .cloned()
+                .ok_or_else(|| PoolError::RegionNotFound {
+                    name: name.to_string(),
+                })?;
+        match value {
+            Some(v) => entry.attrs.insert(key.to_string(), v.to_string()),
+            None => entry.attrs.remove(key),
+        };
+        if serde_json::to_string(&entry.attrs).map_or(usize::MAX, |s| s.len()) > MAX_ATTR_BYTES {
+            return Err(invalid("the region's attributes would exceed 4 KiB"));
+        }
+        self.commit(&mut st, Change::Put(entry))
+    }
+
+    /// Map a region-relative byte range to medium ranges.
+    fn locate(&self, name: &str, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        let st = self.lock();
+        let entry = st
+            .catalog
+            .by_name(name)
+            .ok_or_else(|| PoolError::RegionNotFound {
+                name: name.to_string(),
+            })?;
+        let size = entry.pages() * PAGE_SIZE;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(PoolError::OutOfRange {
+                name: name.to_string(),
+                offset,
+                len,
+                size,
+            });
+        }
+        let mut out = Vec::new();
+        let (mut pos, mut left) = (offset, len);
+        let mut ext_base = 0;
+        for e in &entry.extents {
+            let ext_len = e.count * PAGE_SIZE;
+            if left > 0 && pos < ext_base + ext_len {
+                let within = pos - ext_base;
+                let n = (ext_len - within).min(left);
+                out.push((e.start * PAGE_SIZE + within, n));
+                pos += n;
+                left -= n;
+            }
+            ext_base += ext_len;
+        }
+        Ok(out)
+    }
+
+    fn data_io(&self, operation: &'static str) -> impl FnOnce(std::io::Error) -> PoolError + '_ {
+        move |source| PoolError::Io {
+            path: self.path.clone(),
+            operation,
+            source,
+        }
+    }
+
+    /// Read region bytes at a region-relative offset.
+    pub fn read_region(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        for (at, n) in self.locate(name, offset, buf.len() as u64)? {
+            let n = n as usize;
+            self.media
+                .read(at, &mut buf[done..done + n])
+                .map_err(self.data_io("reading region data"))?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write region bytes at a region-relative offset (durable after
+    /// [`persist_region`](Pool::persist_region)).
+    pub fn write_region(&self, name: &str, offset: u64, data: &[u8]) -> Result<()> {
+        if !self.writable {
+            return Err(PoolError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let mut done = 0usize;
+        for (at, n) in self.locate(name, offset, data.len() as u64)? {
+            let n = n as usize;
+            self.media
+                .write(at, &data[done..done + n])
+                .map_err(self.data_io("writing region data"))?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Make written region bytes durable.
+    pub fn persist_region(&self, name: &str, offset: u64, len: u64) -> Result<()> {
+        for (at, n) in self.locate(name, offset, len)? {
+            self.media
+                .flush(at, n)
+                .map_err(self.data_io("flushing region data"))?;
+        }
+        self.media
+            .barrier()
+            .map_err(self.data_io("flushing region data"))
+    }
+
+    /// Verify every invariant of this open pool.
+    pub fn check(&self) -> CheckReport {
+        check::run(self)
+    }
+
+    /// Check a pool without opening it for use; with `repair`, fix what can
+    /// be fixed safely and say what was done.
+    pub fn check_path(path: &Path, repair: bool) -> Result<CheckReport> {
+        let mode = if repair {
+            OpenMode::ReadWrite
+        } else {
+            OpenMode::ReadOnly
+        };
+        let media = MappedMedia::open(path, repair)?;
+        let pool = Self::open_inner(Arc::new(media), path, mode, false)?;
+        let mut report = pool.check();
+        if repair {
+            check::repair(&pool, &mut report)?;
+        }
+        Ok(report)
+    }
+}
+
+/// Write both superblock copies: A, durable, then B, durable.
+fn write_superblocks(media: &dyn Media, sb: &Superblock) -> std::io::Result<()> {
+    let bytes = sb.encode();
+    for copy in [0, PAGE_SIZE] {
+        media.write(copy, &bytes)?;
+        media.persist(copy, bytes.len() as u64)?;
+    }
+    Ok(())
+}
+
+/// Decode both copies; the newest valid one wins. Also says why each copy
+/// was refused, and whether two valid copies differ.
+fn read_superblocks(
+    media: &dyn Media,
+    path: &Path,
+) -> Result<(Superblock, [Option<SuperblockFault>; 2], bool)> {
+    let mut copies = [None, None];
+    let mut faults = [None, None];
+    for (i, off) in [0, PAGE_SIZE].into_iter().enumerate() {
+        let mut buf = [0u8; SUPERBLOCK_SIZE];
+        if media.len() < off + SUPERBLOCK_SIZE as u64 {
+            faults[i] = Some(SuperblockFault::NoMagic);
+            continue;
+        }
+        media.read(off, &mut buf).map_err(|source| PoolError::Io {
+            path: path.to_path_buf(),
+            operation: "reading the superblock",
+            source,
+        })?;
+        match Superblock::decode(&buf) {
+            Ok(sb) => copies[i] = Some(sb),
+            Err(SuperblockFault::NewerFormat(found)) => {
+                return Err(PoolError::NewerFormat {
+                    path: path.to_path_buf(),
+                    found,
+                    supported: superblock::FORMAT_VERSION,
+                })
+            }
+            Err(fault) => faults[i] = Some(fault),
+        }
+    }
+    match copies {
+        [Some(a), Some(b)] => Ok((
+            if b.generation > a.generation { b } else { a },
+            faults,
+            a != b,
+        )),
+        [Some(sb), None] | [None, Some(sb)] => Ok((sb, faults, false)),
+        [None, None] => {
+            if faults.iter().all(|f| f == &Some(SuperblockFault::NoMagic)) {
+                return Err(PoolError::NotAPool {
+                    path: path.to_path_buf(),
+                });
+            }
+            let detail = format!(
+                "copy A: {}; copy B: {}",
+                faults[0].as_ref().expect("fault recorded"),
+                faults[1].as_ref().expect("fault recorded")
+            );
+            Err(PoolError::BothSuperblocksBad {
+                path: path.to_path_buf(),
+                detail,
+            })
+        }
+    }
+}
+
+fn read_checkpoint(
+    media: &dyn Media,
+    sb: &Superblock,
+) -> std::result::Result<checkpoint::Checkpoint, String> {
+    let at = sb.checkpoint_offset(sb.active_checkpoint);
+    let mut head = vec![0u8; checkpoint::HEADER_SIZE];
+    media
+        .read(at, &mut head)
+        .map_err(|e| format!("the checkpoint cannot be read ({e})"))?;
+    let len = checkpoint::payload_len(&head, sb.checkpoint_bytes())?;
+    head.resize(checkpoint::HEADER_SIZE + len, 0);
+    media
+        .read(
+            at + checkpoint::HEADER_SIZE as u64,
+            &mut head[checkpoint::HEADER_SIZE..],
+        )
+        .map_err(|e| format!("the checkpoint cannot be read ({e})"))?;
+    checkpoint::decode(&head)
+}
+
+/// The journal as `replay` reads it: straight from the medium.
+struct MediaLog<'a> {
+    media: &'a dyn Media,
+    base: u64,
+    len: u64,
+}
+
+impl journal::LogSource for MediaLog<'_> {
+    fn read_log(&mut self, offset: u64, buf: &mut [u8]) -> bool {
+        offset
+            .checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= self.len)
+            && self.media.read(self.base + offset, buf).is_ok()
+    }
+}

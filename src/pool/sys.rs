@@ -1,0 +1,198 @@
+//! Raw system calls and pointer code for the pool, in one place.
+//!
+//! Everything here is small and `unsafe` inside; the rest of the pool is
+//! safe Rust. What it covers and why it is hand-written:
+//! - file locks that report the holder's PID: an open-file-description lock
+//!   (works between threads and processes alike) for exclusion, plus a
+//!   classic POSIX lock whose `F_GETLK` answer names the holder's PID
+//!   (rustix exposes neither `F_OFD_SETLK` nor `F_GETLK`);
+//! - the size of a block device (`BLKGETSIZE64`);
+//! - a `MAP_SHARED_VALIDATE | MAP_SYNC` mapping, which memmap2 cannot ask for;
+//! - cache-line write-back and a store fence for DAX mappings;
+//! - copies in and out of a mapping at a bounds-checked offset.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+
+/// Byte of the pool file whose OFD lock gives exclusion.
+const EXCLUSION_BYTE: i64 = 0;
+/// Byte of the pool file whose POSIX lock advertises the holder's PID.
+const PID_BYTE: i64 = 1;
+
+fn flock_for(write: bool, start: i64) -> libc::flock {
+    // SAFETY: `flock` is a plain C struct for which all-zeroes is valid.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = 1;
+    fl
+}
+
+fn set_lock(fd: BorrowedFd<'_>, cmd: libc::c_int, fl: &libc::flock) -> io::Result<bool> {
+    // SAFETY: `fd` is a valid open descriptor for the call's duration and
+    // `fl` points to a live, initialised `flock`.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, fl as *const libc::flock) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// Take the pool lock: `Ok(true)` when taken, `Ok(false)` when another
+/// holder (another process, or another open of the same file in this one)
+/// has it. Write locks need a descriptor open for writing.
+pub(crate) fn lock_pool(fd: BorrowedFd<'_>, write: bool) -> io::Result<bool> {
+    if !set_lock(fd, libc::F_OFD_SETLK, &flock_for(write, EXCLUSION_BYTE))? {
+        return Ok(false);
+    }
+    // The POSIX lock only advertises our PID; failing to take it (another
+    // reader in this process) does not weaken the exclusion above.
+    set_lock(fd, libc::F_SETLK, &flock_for(write, PID_BYTE))?;
+    Ok(true)
+}
+
+/// The PID of a process holding a conflicting lock on the pool, if any.
+pub(crate) fn lock_holder(fd: BorrowedFd<'_>, write: bool) -> io::Result<Option<i32>> {
+    let mut fl = flock_for(write, PID_BYTE);
+    // SAFETY: valid descriptor; `fl` is live and writable for F_GETLK.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETLK, &mut fl as *mut libc::flock) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fl.l_type == libc::F_UNLCK as libc::c_short || fl.l_pid <= 0 {
+        // Unlocked for POSIX purposes: the holder is this very process
+        // (POSIX locks never conflict with their own process).
+        return Ok(None);
+    }
+    Ok(Some(fl.l_pid))
+}
+
+/// Size in bytes of the block device open at `fd`.
+pub(crate) fn block_device_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: the ioctl writes one u64 into `size`, which is live and aligned.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// A mapping made with `mmap(2)` directly (the `MAP_SYNC` case).
+#[derive(Debug)]
+pub(crate) struct SyncMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; it is not tied to a thread.
+unsafe impl Send for SyncMapping {}
+// SAFETY: shared access goes through `copy_in`/`copy_out`, whose callers
+// promise not to race on a range (see `Media`).
+unsafe impl Sync for SyncMapping {}
+
+impl SyncMapping {
+    /// Map `len` bytes of `fd` with `MAP_SHARED_VALIDATE | MAP_SYNC`.
+    /// `Ok(None)` when the file system does not support it (not DAX).
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Option<Self>> {
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let flags = libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC;
+        // SAFETY: a fresh mapping chosen by the kernel; no existing memory
+        // is affected. The result is checked before use.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        Ok(NonNull::new(ptr.cast()).map(|ptr| SyncMapping { ptr, len }))
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for SyncMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the range `map` created; no references
+        // into it outlive `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Copy `buf.len()` bytes from `base + offset`.
+///
+/// # Safety
+/// `base..base+map_len` must be a live mapping, and `offset + buf.len()`
+/// must not exceed `map_len` (callers check with `check_bounds`).
+pub(crate) unsafe fn copy_out(base: *const u8, offset: u64, buf: &mut [u8]) {
+    // SAFETY: in bounds of a live mapping by the caller's contract; `buf`
+    // is a distinct Rust allocation so the ranges cannot overlap.
+    unsafe { std::ptr::copy_nonoverlapping(base.add(offset as usize), buf.as_mut_ptr(), buf.len()) }
+}
+
+/// Copy `data` to `base + offset`.
+///
+/// # Safety
+/// As for [`copy_out`], and the mapping must be writable.
+pub(crate) unsafe fn copy_in(base: *mut u8, offset: u64, data: &[u8]) {
+    // SAFETY: in bounds of a live writable mapping by the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset as usize), data.len()) }
+}
+
+const CACHE_LINE: usize = 64;
+
+/// Write back every cache line of `base+offset .. +len` (no fence).
+///
+/// # Safety
+/// The range must lie inside a live mapping.
+pub(crate) unsafe fn write_back_lines(base: *const u8, offset: u64, len: u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = (base as usize + offset as usize) & !(CACHE_LINE - 1);
+        let end = base as usize + offset as usize + len as usize;
+        let mut line = start;
+        while line < end {
+            // SAFETY: `line` is inside the mapping (rounded down to its
+            // cache line, which shares the page); clflush only writes back.
+            unsafe { std::arch::x86_64::_mm_clflush(line as *const u8) };
+            line += CACHE_LINE;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (base, offset, len, CACHE_LINE);
+    }
+}
+
+/// Order all earlier cache write-backs before later stores.
+pub(crate) fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: sfence has no memory-safety preconditions.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}

@@ -64,10 +64,7 @@ impl Op {
 }
 
 fn observed(pool: &Pool) -> Model {
-    pool.regions()
-        .into_iter()
-        .map(|r| (r.name, (r.kind, r.size / PAGE, r.attrs)))
-        .collect()
+    pool.regions().into_iter().map(|r| (r.name, (r.kind, r.size / PAGE, r.attrs))).collect()
 }
 
 fn workload() -> Vec<Op> {
@@ -111,13 +108,8 @@ const METADATA: u64 = 16 << 10;
 
 fn fresh_image() -> Vec<u8> {
     let media = Arc::new(CrashMedia::new(POOL_SIZE, TearGranularity::Nvram));
-    Pool::format(
-        media.clone(),
-        Path::new("crash.pool"),
-        POOL_SIZE,
-        Some(METADATA),
-    )
-    .expect("format");
+    Pool::format(media.clone(), Path::new("crash.pool"), POOL_SIZE, Some(METADATA))
+        .expect("format");
     media.durable_image()
 }
 
@@ -158,11 +150,7 @@ fn crash_every_persist_point(granularity: TearGranularity) -> usize {
     let image = fresh_image();
 
     let dry = Arc::new(CrashMedia::from_image(image.clone(), granularity));
-    assert_eq!(
-        run_until_crash(dry.clone(), &ops),
-        None,
-        "the workload runs cleanly"
-    );
+    assert_eq!(run_until_crash(dry.clone(), &ops), None, "the workload runs cleanly");
     let points = dry.persist_points();
     assert!(points > ops.len(), "every operation persists at least once");
 
@@ -189,16 +177,10 @@ fn crash_every_persist_point(granularity: TearGranularity) -> usize {
                 ops[failed]
             );
             let report = reopened.check();
-            assert!(
-                report.is_clean(),
-                "point {point} image {n}: {:?}",
-                report.problems
-            );
+            assert!(report.is_clean(), "point {point} image {n}: {:?}", report.problems);
             checkpoints_seen.insert(reopened.info().generation);
             // The recovered pool takes changes again.
-            reopened
-                .create_region("after-crash", RegionKind::Block, PAGE)
-                .expect("create");
+            reopened.create_region("after-crash", RegionKind::Block, PAGE).expect("create");
             reopened.delete_region("after-crash").expect("delete");
             assert!(reopened.check().is_clean());
             states += 1;

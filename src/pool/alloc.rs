@@ -104,10 +104,8 @@ impl FreeSpace {
         if left > 0 {
             return None;
         }
-        let mut got: Vec<Extent> = plan
-            .into_iter()
-            .map(|(s, l, take)| self.take_front(s, l, take))
-            .collect();
+        let mut got: Vec<Extent> =
+            plan.into_iter().map(|(s, l, take)| self.take_front(s, l, take)).collect();
         got.sort();
         Some(got)
     }
@@ -154,9 +152,7 @@ impl FreeSpace {
     /// The free runs in page order.
     #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = Extent> + '_ {
-        self.by_start
-            .iter()
-            .map(|(&start, &count)| Extent { start, count })
+        self.by_start.iter().map(|(&start, &count)| Extent { start, count })
     }
 }
 

@@ -54,10 +54,7 @@ impl Catalog {
         let mut names = BTreeMap::new();
         for (id, r) in &regions {
             if *id >= next_id {
-                problems.push(format!(
-                    "region {:?} has id {id}, not below the next id",
-                    r.name
-                ));
+                problems.push(format!("region {:?} has id {id}, not below the next id", r.name));
                 next_id = id + 1;
             }
             if let Err(why) = validate_name(&r.name) {
@@ -76,17 +73,7 @@ impl Catalog {
         }
         let owned = check_extents(&regions, data_start, data_end, &mut problems);
         let free = FreeSpace::complement(data_start, data_end, &owned);
-        (
-            Catalog {
-                regions,
-                names,
-                free,
-                next_id,
-                data_start,
-                data_end,
-            },
-            problems,
-        )
+        (Catalog { regions, names, free, next_id, data_start, data_end }, problems)
     }
 
     /// Apply a change that has been validated by the caller.
@@ -136,9 +123,7 @@ impl Catalog {
         }
         for (name, id) in &self.names {
             if self.regions.get(id).map(|r| &r.name) != Some(name) {
-                problems.push(format!(
-                    "the name index points {name:?} at the wrong region"
-                ));
+                problems.push(format!("the name index points {name:?} at the wrong region"));
             }
         }
         problems
@@ -161,9 +146,7 @@ fn check_extents(
         for e in &r.extents {
             let inside = e.count > 0
                 && e.start >= data_start
-                && e.start
-                    .checked_add(e.count)
-                    .is_some_and(|end| end <= data_end);
+                && e.start.checked_add(e.count).is_some_and(|end| end <= data_end);
             if inside {
                 all.push((*e, &r.name));
             } else {
@@ -230,17 +213,9 @@ mod tests {
 
     #[test]
     fn doubly_owned_pages_are_reported_by_name() {
-        let (_, problems) = Catalog::rebuild(
-            10,
-            100,
-            9,
-            vec![entry(1, "a", 10, 5), entry(2, "b", 12, 5)],
-            vec![],
-        );
-        assert_eq!(
-            problems,
-            vec!["pages 12..15 are owned by both \"a\" and \"b\"".to_string()]
-        );
+        let (_, problems) =
+            Catalog::rebuild(10, 100, 9, vec![entry(1, "a", 10, 5), entry(2, "b", 12, 5)], vec![]);
+        assert_eq!(problems, vec!["pages 12..15 are owned by both \"a\" and \"b\"".to_string()]);
     }
 
     #[test]
@@ -249,11 +224,7 @@ mod tests {
             10,
             100,
             9,
-            vec![
-                entry(1, "a", 10, 5),
-                entry(2, "a", 20, 5),
-                entry(3, "c", 95, 10),
-            ],
+            vec![entry(1, "a", 10, 5), entry(2, "a", 20, 5), entry(3, "c", 95, 10)],
             vec![],
         );
         assert!(problems.contains(&"two regions are both named \"a\"".to_string()));

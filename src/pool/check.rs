@@ -49,14 +49,8 @@ impl CheckReport {
 pub(super) fn run(pool: &Pool) -> CheckReport {
     let st = pool.lock();
     let mut problems = Vec::new();
-    let fixable = |message: String| Problem {
-        message,
-        repairable: true,
-    };
-    let fatal = |message: String| Problem {
-        message,
-        repairable: false,
-    };
+    let fixable = |message: String| Problem { message, repairable: true };
+    let fatal = |message: String| Problem { message, repairable: false };
 
     let mut copies = [None, None];
     for (i, name) in ["A", "B"].iter().enumerate() {
@@ -130,15 +124,9 @@ mod tests {
 
     fn pool() -> (Arc<CrashMedia>, Pool) {
         let media = Arc::new(CrashMedia::new(4 << 20, TearGranularity::Nvram));
-        let pool = Pool::format(
-            media.clone(),
-            Path::new("test.pool"),
-            4 << 20,
-            Some(64 << 10),
-        )
-        .unwrap();
-        pool.create_region("a", RegionKind::Block, 64 << 10)
-            .unwrap();
+        let pool =
+            Pool::format(media.clone(), Path::new("test.pool"), 4 << 20, Some(64 << 10)).unwrap();
+        pool.create_region("a", RegionKind::Block, 64 << 10).unwrap();
         (media, pool)
     }
 

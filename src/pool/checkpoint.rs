@@ -74,6 +74,11 @@ pub fn encode<'a>(
     out
 }
 
+/// Whether `bytes` start with the checkpoint magic.
+pub fn has_magic(bytes: &[u8]) -> bool {
+    bytes.starts_with(&MAGIC)
+}
+
 /// The payload length a header announces, bounded by the slot size, so the
 /// caller knows how much to read before decoding.
 pub fn payload_len(header: &[u8], slot_bytes: u64) -> Result<usize, String> {
@@ -85,9 +90,7 @@ pub fn payload_len(header: &[u8], slot_bytes: u64) -> Result<usize, String> {
     }
     let len = head.payload_len.get();
     if len > slot_bytes.saturating_sub(HEADER_SIZE as u64) {
-        return Err(format!(
-            "the active checkpoint claims {len} bytes, more than its slot"
-        ));
+        return Err(format!("the active checkpoint claims {len} bytes, more than its slot"));
     }
     Ok(len as usize)
 }
@@ -108,9 +111,7 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let count = head.region_count.get();
     // Each entry takes at least 40 bytes: bound the count before allocating.
     if count > (len / 40) as u64 {
-        return Err(format!(
-            "the checkpoint claims {count} regions in {len} bytes"
-        ));
+        return Err(format!("the checkpoint claims {count} regions in {len} bytes"));
     }
     let mut regions = Vec::with_capacity(count as usize);
     let mut at = 0;
@@ -141,10 +142,7 @@ mod tests {
                 name: format!("r{i}"),
                 kind: RegionKind::Fs,
                 created_unix: 5,
-                extents: vec![Extent {
-                    start: 10 + i * 4,
-                    count: 4,
-                }],
+                extents: vec![Extent { start: 10 + i * 4, count: 4 }],
                 attrs: Default::default(),
             })
             .collect()
@@ -153,19 +151,9 @@ mod tests {
     #[test]
     fn checkpoint_round_trips() {
         let bytes = encode(3, 9, regions().iter());
-        assert_eq!(
-            payload_len(&bytes, 1 << 20).unwrap(),
-            bytes.len() - HEADER_SIZE
-        );
+        assert_eq!(payload_len(&bytes, 1 << 20).unwrap(), bytes.len() - HEADER_SIZE);
         let back = decode(&bytes).unwrap();
-        assert_eq!(
-            back,
-            Checkpoint {
-                generation: 3,
-                next_region_id: 9,
-                regions: regions()
-            }
-        );
+        assert_eq!(back, Checkpoint { generation: 3, next_region_id: 9, regions: regions() });
     }
 
     #[test]

@@ -288,21 +288,11 @@ mod tests {
         m.persist(0, 64).unwrap();
         m.write(64, &[2; 64]).unwrap();
         let images = m.crash_images(4, 7);
-        assert_eq!(
-            &images[0][64..128],
-            &[0; 64],
-            "dropped image keeps old bytes"
-        );
+        assert_eq!(&images[0][64..128], &[0; 64], "dropped image keeps old bytes");
         assert_eq!(&images[1][64..128], &[2; 64], "kept image has new bytes");
-        assert!(
-            images.iter().all(|i| i[..64] == [1; 64]),
-            "persisted bytes survive"
-        );
+        assert!(images.iter().all(|i| i[..64] == [1; 64]), "persisted bytes survive");
         let torn = &images[2][64..128];
-        assert!(
-            torn.chunks(8).all(|c| c == [0; 8] || c == [2; 8]),
-            "tears at 8 bytes"
-        );
+        assert!(torn.chunks(8).all(|c| c == [0; 8] || c == [2; 8]), "tears at 8 bytes");
     }
 
     #[test]
@@ -313,10 +303,7 @@ mod tests {
         m.write(8, &[2; 8]).unwrap();
         assert!(m.persist(8, 8).is_err());
         assert!(m.write(16, &[3; 8]).is_err());
-        assert_eq!(
-            &m.durable_image()[..16],
-            &[1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(&m.durable_image()[..16], &[1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -75,11 +75,7 @@ pub enum PoolError {
          upgrade pmvisor to open it",
         path.display()
     )]
-    NewerFormat {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    NewerFormat { path: PathBuf, found: u32, supported: u32 },
 
     #[error(
         "both superblock copies of pool {} are damaged ({detail}); the pool cannot be opened",
@@ -92,11 +88,7 @@ pub enum PoolError {
          or is the wrong device",
         path.display()
     )]
-    Truncated {
-        path: PathBuf,
-        expected: u64,
-        actual: u64,
-    },
+    Truncated { path: PathBuf, expected: u64, actual: u64 },
 
     #[error(
         "the metadata of pool {} is damaged: {detail}; run `pmvisor pool check` for details",
@@ -135,21 +127,13 @@ pub enum PoolError {
         "region {name:?} needs {needed} pages but the pool has only {free} free; \
          delete or shrink regions, or use a larger pool"
     )]
-    NoSpace {
-        name: String,
-        needed: u64,
-        free: u64,
-    },
+    NoSpace { name: String, needed: u64, free: u64 },
 
     #[error(
         "memory region {name:?} needs {needed} contiguous pages but the largest free run \
          is {largest}; free space next to it or use a larger pool"
     )]
-    NoContiguousSpace {
-        name: String,
-        needed: u64,
-        largest: u64,
-    },
+    NoContiguousSpace { name: String, needed: u64, largest: u64 },
 
     #[error(
         "memory region {name:?} can only grow in place, and the {extra} pages after it are \
@@ -170,22 +154,13 @@ pub enum PoolError {
     MetadataFull { capacity: u64 },
 
     #[error("attribute {key:?} of region {name:?} is invalid: {reason}")]
-    InvalidAttribute {
-        name: String,
-        key: String,
-        reason: &'static str,
-    },
+    InvalidAttribute { name: String, key: String, reason: &'static str },
 
     #[error(
         "access to region {name:?} at offset {offset} for {len} bytes is outside its \
          {size}-byte allocation"
     )]
-    OutOfRange {
-        name: String,
-        offset: u64,
-        len: u64,
-        size: u64,
-    },
+    OutOfRange { name: String, offset: u64, len: u64, size: u64 },
 
     #[error("{operation} on pool {} failed", path.display())]
     Io {
@@ -196,11 +171,7 @@ pub enum PoolError {
     },
 
     #[error("{feature} is not supported on {}: {why}", path.display())]
-    Unsupported {
-        path: PathBuf,
-        feature: &'static str,
-        why: String,
-    },
+    Unsupported { path: PathBuf, feature: &'static str, why: String },
 }
 
 impl PoolError {

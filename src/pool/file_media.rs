@@ -55,38 +55,21 @@ impl std::fmt::Debug for MappedMedia {
 }
 
 fn io_err<'a>(path: &'a Path, operation: &'static str) -> impl FnOnce(io::Error) -> PoolError + 'a {
-    move |source| PoolError::Io {
-        path: path.to_path_buf(),
-        operation,
-        source,
-    }
+    move |source| PoolError::Io { path: path.to_path_buf(), operation, source }
 }
 
 impl MappedMedia {
     /// Create a sparse pool file of `size` bytes; fails if `path` exists.
     pub fn create_file(path: &Path, size: u64) -> Result<MappedMedia> {
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-        {
+        let file = match OpenOptions::new().read(true).write(true).create_new(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(PoolError::PoolExists {
-                    path: path.to_path_buf(),
-                })
+                return Err(PoolError::PoolExists { path: path.to_path_buf() })
             }
-            Err(source) => {
-                return Err(PoolError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(PoolError::Open { path: path.to_path_buf(), source }),
         };
         let made = (|| {
-            file.set_len(size)
-                .map_err(io_err(path, "setting the pool size"))?;
+            file.set_len(size).map_err(io_err(path, "setting the pool size"))?;
             Self::from_file(path, file, true)
         })();
         if made.is_err() {
@@ -100,16 +83,9 @@ impl MappedMedia {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(PoolError::PoolNotFound {
-                    path: path.to_path_buf(),
-                })
+                return Err(PoolError::PoolNotFound { path: path.to_path_buf() })
             }
-            Err(source) => {
-                return Err(PoolError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(PoolError::Open { path: path.to_path_buf(), source }),
         };
         let ft = meta.file_type();
         let what = if ft.is_dir() {
@@ -124,19 +100,13 @@ impl MappedMedia {
             None
         };
         if let Some(what) = what {
-            return Err(PoolError::WrongFileType {
-                path: path.to_path_buf(),
-                what,
-            });
+            return Err(PoolError::WrongFileType { path: path.to_path_buf(), what });
         }
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
             .open(path)
-            .map_err(|source| PoolError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| PoolError::Open { path: path.to_path_buf(), source })?;
         Self::from_file(path, file, writable)
     }
 
@@ -146,26 +116,17 @@ impl MappedMedia {
             let holder = sys::lock_holder(file.as_fd(), writable).ok().flatten();
             return Err(match holder {
                 Some(pid) => PoolError::LockedBy { path, pid },
-                None => PoolError::LockedBy {
-                    path,
-                    pid: std::process::id() as i32,
-                },
+                None => PoolError::LockedBy { path, pid: std::process::id() as i32 },
             });
         }
-        let ft = file
-            .metadata()
-            .map_err(io_err(&path, "reading file metadata"))?
-            .file_type();
+        let ft = file.metadata().map_err(io_err(&path, "reading file metadata"))?.file_type();
         let (len, mut kind) = if ft.is_block_device() {
             let len = sys::block_device_size(file.as_fd()).map_err(io_err(&path, "sizing"))?;
             (len, MediaKind::BlockDevice)
         } else if ft.is_char_device() {
             (devdax_size(&path)?, MediaKind::DevDax)
         } else {
-            let len = file
-                .metadata()
-                .map_err(io_err(&path, "reading file metadata"))?
-                .len();
+            let len = file.metadata().map_err(io_err(&path, "reading file metadata"))?.len();
             (len, MediaKind::File)
         };
         if len == 0 {
@@ -190,11 +151,8 @@ impl MappedMedia {
             None => {
                 let mut opts = MmapOptions::new();
                 opts.len(map_len);
-                let raw = if writable {
-                    opts.map_raw(&file)
-                } else {
-                    opts.map_raw_read_only(&file)
-                };
+                let raw =
+                    if writable { opts.map_raw(&file) } else { opts.map_raw_read_only(&file) };
                 Mapping::Mmap(raw.map_err(io_err(&path, "mapping"))?)
             }
         };
@@ -205,15 +163,7 @@ impl MappedMedia {
                 m.as_ptr()
             }
         };
-        Ok(MappedMedia {
-            path,
-            file,
-            mapping,
-            base,
-            len,
-            kind,
-            writable,
-        })
+        Ok(MappedMedia { path, file, mapping, base, len, kind, writable })
     }
 
     /// The path this medium was opened from.
@@ -229,10 +179,7 @@ impl MappedMedia {
         if self.writable {
             Ok(())
         } else {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the pool is mapped read-only",
-            ))
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, "the pool is mapped read-only"))
         }
     }
 }
@@ -241,9 +188,7 @@ fn is_devdax(path: &Path) -> bool {
     sysfs_dir(path)
         .map(|d| d.join("dax_region").exists() || d.join("size").exists())
         .unwrap_or(false)
-        && path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("dax"))
+        && path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dax"))
 }
 
 fn sysfs_dir(path: &Path) -> Option<PathBuf> {
@@ -262,9 +207,7 @@ fn devdax_size(path: &Path) -> Result<u64> {
     let dir = sysfs_dir(path).ok_or_else(|| unsupported("its sysfs entry is missing".into()))?;
     let text = std::fs::read_to_string(dir.join("size"))
         .map_err(|e| unsupported(format!("cannot read its size from sysfs ({e})")))?;
-    text.trim()
-        .parse()
-        .map_err(|_| unsupported(format!("sysfs size {text:?} is not a number")))
+    text.trim().parse().map_err(|_| unsupported(format!("sysfs size {text:?} is not a number")))
 }
 
 impl Media for MappedMedia {

@@ -70,11 +70,7 @@ impl Cursor {
     /// device, or of an earlier epoch, never continue this log.
     pub fn start(epoch: u64, uuid: &[u8; 16]) -> Cursor {
         let seed = crc32c::crc32c_append(crc32c::crc32c(uuid), &epoch.to_le_bytes());
-        Cursor {
-            offset: 0,
-            sequence: 0,
-            crc: seed,
-        }
+        Cursor { offset: 0, sequence: 0, crc: seed }
     }
 }
 
@@ -109,11 +105,8 @@ pub fn encode(epoch: u64, cursor: Cursor, change: &Change) -> (Vec<u8>, Cursor) 
     );
     head.crc = crc.into();
     out[..HEADER_SIZE].copy_from_slice(head.as_bytes());
-    let next = Cursor {
-        offset: cursor.offset + out.len() as u64,
-        sequence: cursor.sequence + 1,
-        crc,
-    };
+    let next =
+        Cursor { offset: cursor.offset + out.len() as u64, sequence: cursor.sequence + 1, crc };
     (out, next)
 }
 
@@ -192,9 +185,9 @@ pub fn replay(mut log: impl LogSource, epoch: u64, uuid: &[u8; 16]) -> (Vec<Chan
                 Ok(_) => return (changes, cursor, torn("has trailing bytes")),
                 Err(e) => return (changes, cursor, torn(&format!("is unreadable: {e}"))),
             },
-            2 if len == 8 => Change::Delete {
-                id: u64::from_le_bytes(payload.try_into().expect("8 bytes")),
-            },
+            2 if len == 8 => {
+                Change::Delete { id: u64::from_le_bytes(payload.try_into().expect("8 bytes")) }
+            }
             _ => return (changes, cursor, torn("has an unknown kind")),
         };
         changes.push(change);
@@ -217,10 +210,7 @@ mod tests {
             name: format!("region-{id}"),
             kind: RegionKind::Block,
             created_unix: 1,
-            extents: vec![Extent {
-                start: 50,
-                count: id + 1,
-            }],
+            extents: vec![Extent { start: 50, count: id + 1 }],
             attrs: Default::default(),
         })
     }

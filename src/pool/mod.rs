@@ -162,9 +162,7 @@ pub struct Pool {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The metadata area picked for a pool of `size` bytes: 1/64 of the pool,
@@ -192,9 +190,7 @@ impl Pool {
         if is_device {
             let media = MappedMedia::open(path, true)?;
             if !opts.force && Self::holds_pool(&media) {
-                return Err(PoolError::PoolExists {
-                    path: path.to_path_buf(),
-                });
+                return Err(PoolError::PoolExists { path: path.to_path_buf() });
             }
             let len = media.len() / PAGE_SIZE * PAGE_SIZE;
             return Self::format(Arc::new(media), path, len, opts.metadata_size);
@@ -216,10 +212,7 @@ impl Pool {
     fn check_size(size: u64, metadata_size: Option<u64>) -> Result<()> {
         let meta = metadata_size.unwrap_or_else(|| default_metadata_size(size));
         if meta < MIN_METADATA_SIZE {
-            return Err(PoolError::TooSmall {
-                size: meta,
-                min: MIN_METADATA_SIZE,
-            });
+            return Err(PoolError::TooSmall { size: meta, min: MIN_METADATA_SIZE });
         }
         let (ckpt, log) = metadata_split(meta);
         let min = (Superblock::metadata_pages(ckpt, log) + 1) * PAGE_SIZE;
@@ -251,26 +244,15 @@ impl Pool {
             data_pages: size / PAGE_SIZE - data_start,
             created_unix: now_unix(),
         };
-        let io = |operation| {
-            move |source| PoolError::Io {
-                path: path.to_path_buf(),
-                operation,
-                source,
-            }
-        };
+        let io =
+            |operation| move |source| PoolError::Io { path: path.to_path_buf(), operation, source };
         let empty = checkpoint::encode(sb.generation, 1, std::iter::empty());
-        media
-            .write(sb.checkpoint_offset(0), &empty)
-            .map_err(io("writing the first checkpoint"))?;
+        media.write(sb.checkpoint_offset(0), &empty).map_err(io("writing the first checkpoint"))?;
         media
             .write(sb.log_offset(), &[0; journal::HEADER_SIZE])
             .map_err(io("clearing the journal"))?;
-        media
-            .flush(sb.checkpoint_offset(0), empty.len() as u64)
-            .map_err(io("flushing"))?;
-        media
-            .flush(sb.log_offset(), journal::HEADER_SIZE as u64)
-            .map_err(io("flushing"))?;
+        media.flush(sb.checkpoint_offset(0), empty.len() as u64).map_err(io("flushing"))?;
+        media.flush(sb.log_offset(), journal::HEADER_SIZE as u64).map_err(io("flushing"))?;
         media.barrier().map_err(io("flushing"))?;
         write_superblocks(media.as_ref(), &sb).map_err(io("writing the superblocks"))?;
         Self::open_media(media, path, OpenMode::ReadWrite)
@@ -301,21 +283,14 @@ impl Pool {
             }
         }
         if media.len() < sb.pool_size {
-            return Err(PoolError::Truncated {
-                path,
-                expected: sb.pool_size,
-                actual: media.len(),
-            });
+            return Err(PoolError::Truncated { path, expected: sb.pool_size, actual: media.len() });
         }
         // A crash while the two copies were written leaves one damaged or
         // older; a read-write open finishes that update. (`check` opens
         // leniently and reports it instead.)
         let heal =
             strict && mode == OpenMode::ReadWrite && (differ || faults.iter().any(Option::is_some));
-        let corrupt = |detail: String| PoolError::CorruptMetadata {
-            path: path.clone(),
-            detail,
-        };
+        let corrupt = |detail: String| PoolError::CorruptMetadata { path: path.clone(), detail };
         let ckpt = read_checkpoint(media.as_ref(), &sb).map_err(corrupt)?;
         if ckpt.generation != sb.generation {
             return Err(corrupt(format!(
@@ -323,23 +298,14 @@ impl Pool {
                 ckpt.generation, sb.generation
             )));
         }
-        let source = MediaLog {
-            media: media.as_ref(),
-            base: sb.log_offset(),
-            len: sb.log_bytes(),
-        };
+        let source = MediaLog { media: media.as_ref(), base: sb.log_offset(), len: sb.log_bytes() };
         let (changes, cursor, tail) = journal::replay(source, sb.generation, &sb.uuid);
         if let Tail::Torn(why) = &tail {
             tracing::info!(pool = %path.display(), "ignoring a torn journal record left by a crash: {why}");
         }
         let data_end = sb.data_start + sb.data_pages;
-        let (catalog, problems) = Catalog::rebuild(
-            sb.data_start,
-            data_end,
-            ckpt.next_region_id,
-            ckpt.regions,
-            changes,
-        );
+        let (catalog, problems) =
+            Catalog::rebuild(sb.data_start, data_end, ckpt.next_region_id, ckpt.regions, changes);
         if strict && !problems.is_empty() {
             return Err(corrupt(problems.join("; ")));
         }
@@ -355,20 +321,13 @@ impl Pool {
             path,
             media,
             writable: mode == OpenMode::ReadWrite,
-            state: Mutex::new(State {
-                sb,
-                catalog,
-                cursor,
-                failed: false,
-            }),
+            state: Mutex::new(State { sb, catalog, cursor, failed: false }),
             open_problems: problems,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The path the pool was opened from.
@@ -418,16 +377,12 @@ impl Pool {
         st.catalog
             .by_name(name)
             .map(RegionInfo::from_entry)
-            .ok_or_else(|| PoolError::RegionNotFound {
-                name: name.to_string(),
-            })
+            .ok_or_else(|| PoolError::RegionNotFound { name: name.to_string() })
     }
 
     fn writable_state(&self) -> Result<MutexGuard<'_, State>> {
         if !self.writable {
-            return Err(PoolError::ReadOnly {
-                path: self.path.clone(),
-            });
+            return Err(PoolError::ReadOnly { path: self.path.clone() });
         }
         let st = self.lock();
         if st.failed {
@@ -452,16 +407,12 @@ impl Pool {
     /// Create a region of `size` bytes (rounded up to whole pages). Its
     /// pages read as zeros.
     pub fn create_region(&self, name: &str, kind: RegionKind, size: u64) -> Result<RegionInfo> {
-        validate_name(name).map_err(|reason| PoolError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })?;
+        validate_name(name)
+            .map_err(|reason| PoolError::InvalidName { name: name.to_string(), reason })?;
         let pages = Self::pages_for(size)?;
         let mut st = self.writable_state()?;
         if st.catalog.names.contains_key(name) {
-            return Err(PoolError::RegionExists {
-                name: name.to_string(),
-            });
+            return Err(PoolError::RegionExists { name: name.to_string() });
         }
         let extents = self.allocate(&mut st, name, kind, pages, MAX_EXTENTS)?;
         let entry = RegionEntry {
@@ -486,31 +437,21 @@ impl Pool {
     ) -> Result<Vec<Extent>> {
         let free = st.catalog.free.free_pages();
         if pages > free {
-            return Err(PoolError::NoSpace {
-                name: name.to_string(),
-                needed: pages,
-                free,
-            });
+            return Err(PoolError::NoSpace { name: name.to_string(), needed: pages, free });
         }
         if kind == RegionKind::Memory {
-            return st
-                .catalog
-                .free
-                .allocate_contiguous(pages)
-                .map(|e| vec![e])
-                .ok_or_else(|| PoolError::NoContiguousSpace {
+            return st.catalog.free.allocate_contiguous(pages).map(|e| vec![e]).ok_or_else(|| {
+                PoolError::NoContiguousSpace {
                     name: name.to_string(),
                     needed: pages,
                     largest: st.catalog.free.largest_run(),
-                });
+                }
+            });
         }
         st.catalog
             .free
             .allocate(pages, max_extents)
-            .ok_or(PoolError::TooFragmented {
-                name: name.to_string(),
-                max: MAX_EXTENTS,
-            })
+            .ok_or(PoolError::TooFragmented { name: name.to_string(), max: MAX_EXTENTS })
     }
 
     /// Zero and reserve newly taken pages, then commit `change`; on failure
@@ -576,9 +517,7 @@ impl Pool {
         let generation = st.sb.generation + 1;
         let bytes = checkpoint::encode(generation, st.catalog.next_id, st.catalog.regions.values());
         if bytes.len() as u64 > st.sb.checkpoint_bytes() {
-            return Err(PoolError::MetadataFull {
-                capacity: st.sb.checkpoint_bytes(),
-            });
+            return Err(PoolError::MetadataFull { capacity: st.sb.checkpoint_bytes() });
         }
         let slot = 1 - st.sb.active_checkpoint;
         let mut sb = st.sb;
@@ -610,9 +549,7 @@ impl Pool {
             .catalog
             .by_name(name)
             .cloned()
-            .ok_or_else(|| PoolError::RegionNotFound {
-                name: name.to_string(),
-            })?;
+            .ok_or_else(|| PoolError::RegionNotFound { name: name.to_string() })?;
         self.commit(&mut st, Change::Delete { id: entry.id })?;
         self.release(&mut st, &entry.extents);
         Ok(())
@@ -630,25 +567,19 @@ impl Pool {
 
     /// Rename a region.
     pub fn rename_region(&self, name: &str, new_name: &str) -> Result<()> {
-        validate_name(new_name).map_err(|reason| PoolError::InvalidName {
-            name: new_name.to_string(),
-            reason,
-        })?;
+        validate_name(new_name)
+            .map_err(|reason| PoolError::InvalidName { name: new_name.to_string(), reason })?;
         let mut st = self.writable_state()?;
-        let mut entry =
-            st.catalog
-                .by_name(name)
-                .cloned()
-                .ok_or_else(|| PoolError::RegionNotFound {
-                    name: name.to_string(),
-                })?;
+        let mut entry = st
+            .catalog
+            .by_name(name)
+            .cloned()
+            .ok_or_else(|| PoolError::RegionNotFound { name: name.to_string() })?;
         if name == new_name {
             return Ok(());
         }
         if st.catalog.names.contains_key(new_name) {
-            return Err(PoolError::RegionExists {
-                name: new_name.to_string(),
-            });
+            return Err(PoolError::RegionExists { name: new_name.to_string() });
         }
         entry.name = new_name.to_string();
         self.commit(&mut st, Change::Put(entry))
@@ -660,13 +591,11 @@ impl Pool {
     pub fn resize_region(&self, name: &str, size: u64) -> Result<RegionInfo> {
         let pages = Self::pages_for(size)?;
         let mut st = self.writable_state()?;
-        let mut entry =
-            st.catalog
-                .by_name(name)
-                .cloned()
-                .ok_or_else(|| PoolError::RegionNotFound {
-                    name: name.to_string(),
-                })?;
+        let mut entry = st
+            .catalog
+            .by_name(name)
+            .cloned()
+            .ok_or_else(|| PoolError::RegionNotFound { name: name.to_string() })?;
         let current = entry.pages();
         if pages == current {
             return Ok(RegionInfo::from_entry(&entry));
@@ -678,16 +607,10 @@ impl Pool {
             for e in &entry.extents {
                 let take = e.count.min(keep);
                 if take > 0 {
-                    kept.push(Extent {
-                        start: e.start,
-                        count: take,
-                    });
+                    kept.push(Extent { start: e.start, count: take });
                 }
                 if take < e.count {
-                    removed.push(Extent {
-                        start: e.start + take,
-                        count: e.count - take,
-                    });
+                    removed.push(Extent { start: e.start + take, count: e.count - take });
                 }
                 keep -= take;
             }
@@ -699,15 +622,9 @@ impl Pool {
         let extra = pages - current;
         let last = *entry.extents.last().expect("a region owns pages");
         let taken = if st.catalog.free.take_at(last.end(), extra) {
-            vec![Extent {
-                start: last.end(),
-                count: extra,
-            }]
+            vec![Extent { start: last.end(), count: extra }]
         } else if entry.kind == RegionKind::Memory {
-            return Err(PoolError::CannotGrowInPlace {
-                name: name.to_string(),
-                extra,
-            });
+            return Err(PoolError::CannotGrowInPlace { name: name.to_string(), extra });
         } else {
             let room = MAX_EXTENTS.saturating_sub(entry.extents.len()).max(1);
             self.allocate(&mut st, name, entry.kind, extra, room)?
@@ -728,13 +645,11 @@ impl Pool {
         };
         validate_attr_key(key).map_err(invalid)?;
         let mut st = self.writable_state()?;
-        let mut entry =
-            st.catalog
-                .by_name(name)
-                .cloned()
-                .ok_or_else(|| PoolError::RegionNotFound {
-                    name: name.to_string(),
-                })?;
+        let mut entry = st
+            .catalog
+            .by_name(name)
+            .cloned()
+            .ok_or_else(|| PoolError::RegionNotFound { name: name.to_string() })?;
         match value {
             Some(v) => entry.attrs.insert(key.to_string(), v.to_string()),
             None => entry.attrs.remove(key),
@@ -751,17 +666,10 @@ impl Pool {
         let entry = st
             .catalog
             .by_name(name)
-            .ok_or_else(|| PoolError::RegionNotFound {
-                name: name.to_string(),
-            })?;
+            .ok_or_else(|| PoolError::RegionNotFound { name: name.to_string() })?;
         let size = entry.pages() * PAGE_SIZE;
         if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(PoolError::OutOfRange {
-                name: name.to_string(),
-                offset,
-                len,
-                size,
-            });
+            return Err(PoolError::OutOfRange { name: name.to_string(), offset, len, size });
         }
         let mut out = Vec::new();
         let (mut pos, mut left) = (offset, len);
@@ -781,11 +689,7 @@ impl Pool {
     }
 
     fn data_io(&self, operation: &'static str) -> impl FnOnce(std::io::Error) -> PoolError + '_ {
-        move |source| PoolError::Io {
-            path: self.path.clone(),
-            operation,
-            source,
-        }
+        move |source| PoolError::Io { path: self.path.clone(), operation, source }
     }
 
     /// Read region bytes at a region-relative offset.
@@ -805,9 +709,7 @@ impl Pool {
     /// [`persist_region`](Pool::persist_region)).
     pub fn write_region(&self, name: &str, offset: u64, data: &[u8]) -> Result<()> {
         if !self.writable {
-            return Err(PoolError::ReadOnly {
-                path: self.path.clone(),
-            });
+            return Err(PoolError::ReadOnly { path: self.path.clone() });
         }
         let mut done = 0usize;
         for (at, n) in self.locate(name, offset, data.len() as u64)? {
@@ -823,13 +725,9 @@ impl Pool {
     /// Make written region bytes durable.
     pub fn persist_region(&self, name: &str, offset: u64, len: u64) -> Result<()> {
         for (at, n) in self.locate(name, offset, len)? {
-            self.media
-                .flush(at, n)
-                .map_err(self.data_io("flushing region data"))?;
+            self.media.flush(at, n).map_err(self.data_io("flushing region data"))?;
         }
-        self.media
-            .barrier()
-            .map_err(self.data_io("flushing region data"))
+        self.media.barrier().map_err(self.data_io("flushing region data"))
     }
 
     /// Verify every invariant of this open pool.
@@ -840,11 +738,7 @@ impl Pool {
     /// Check a pool without opening it for use; with `repair`, fix what can
     /// be fixed safely and say what was done.
     pub fn check_path(path: &Path, repair: bool) -> Result<CheckReport> {
-        let mode = if repair {
-            OpenMode::ReadWrite
-        } else {
-            OpenMode::ReadOnly
-        };
+        let mode = if repair { OpenMode::ReadWrite } else { OpenMode::ReadOnly };
         let media = MappedMedia::open(path, repair)?;
         let pool = Self::open_inner(Arc::new(media), path, mode, false)?;
         let mut report = pool.check();
@@ -897,27 +791,23 @@ fn read_superblocks(
         }
     }
     match copies {
-        [Some(a), Some(b)] => Ok((
-            if b.generation > a.generation { b } else { a },
-            faults,
-            a != b,
-        )),
+        [Some(a), Some(b)] => Ok((if b.generation > a.generation { b } else { a }, faults, a != b)),
         [Some(sb), None] | [None, Some(sb)] => Ok((sb, faults, false)),
         [None, None] => {
-            if faults.iter().all(|f| f == &Some(SuperblockFault::NoMagic)) {
-                return Err(PoolError::NotAPool {
-                    path: path.to_path_buf(),
-                });
+            // Without any superblock magic, the first checkpoint slot (page 2
+            // in every layout) tells a destroyed pool from something else.
+            let mut head = [0u8; 8];
+            let was_pool =
+                media.read(2 * PAGE_SIZE, &mut head).is_ok() && checkpoint::has_magic(&head);
+            if !was_pool && faults.iter().all(|f| f == &Some(SuperblockFault::NoMagic)) {
+                return Err(PoolError::NotAPool { path: path.to_path_buf() });
             }
             let detail = format!(
                 "copy A: {}; copy B: {}",
                 faults[0].as_ref().expect("fault recorded"),
                 faults[1].as_ref().expect("fault recorded")
             );
-            Err(PoolError::BothSuperblocksBad {
-                path: path.to_path_buf(),
-                detail,
-            })
+            Err(PoolError::BothSuperblocksBad { path: path.to_path_buf(), detail })
         }
     }
 }
@@ -928,16 +818,11 @@ fn read_checkpoint(
 ) -> std::result::Result<checkpoint::Checkpoint, String> {
     let at = sb.checkpoint_offset(sb.active_checkpoint);
     let mut head = vec![0u8; checkpoint::HEADER_SIZE];
-    media
-        .read(at, &mut head)
-        .map_err(|e| format!("the checkpoint cannot be read ({e})"))?;
+    media.read(at, &mut head).map_err(|e| format!("the checkpoint cannot be read ({e})"))?;
     let len = checkpoint::payload_len(&head, sb.checkpoint_bytes())?;
     head.resize(checkpoint::HEADER_SIZE + len, 0);
     media
-        .read(
-            at + checkpoint::HEADER_SIZE as u64,
-            &mut head[checkpoint::HEADER_SIZE..],
-        )
+        .read(at + checkpoint::HEADER_SIZE as u64, &mut head[checkpoint::HEADER_SIZE..])
         .map_err(|e| format!("the checkpoint cannot be read ({e})"))?;
     checkpoint::decode(&head)
 }
@@ -951,9 +836,7 @@ struct MediaLog<'a> {
 
 impl journal::LogSource for MediaLog<'_> {
     fn read_log(&mut self, offset: u64, buf: &mut [u8]) -> bool {
-        offset
-            .checked_add(buf.len() as u64)
-            .is_some_and(|end| end <= self.len)
+        offset.checked_add(buf.len() as u64).is_some_and(|end| end <= self.len)
             && self.media.read(self.base + offset, buf).is_ok()
     }
 }

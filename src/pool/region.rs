@@ -83,9 +83,7 @@ impl std::str::FromStr for RegionKind {
             "block" => Ok(RegionKind::Block),
             "fs" => Ok(RegionKind::Fs),
             "memory" => Ok(RegionKind::Memory),
-            other => Err(format!(
-                "unknown region kind {other:?}; use block, fs or memory"
-            )),
+            other => Err(format!("unknown region kind {other:?}; use block, fs or memory")),
         }
     }
 }
@@ -155,11 +153,7 @@ impl RegionEntry {
         out.resize(start + (out.len() - start).next_multiple_of(8), 0);
         for e in &self.extents {
             out.extend_from_slice(
-                RawExtent {
-                    start: e.start.into(),
-                    count: e.count.into(),
-                }
-                .as_bytes(),
+                RawExtent { start: e.start.into(), count: e.count.into() }.as_bytes(),
             );
         }
     }
@@ -170,25 +164,15 @@ impl RegionEntry {
         let (head, _) = RawEntry::read_from_prefix(bytes)
             .map_err(|_| "a region entry is cut short".to_string())?;
         let kind = RegionKind::from_code(head.kind).ok_or_else(|| {
-            format!(
-                "region {} has unknown kind code {}",
-                head.id.get(),
-                head.kind
-            )
+            format!("region {} has unknown kind code {}", head.id.get(), head.kind)
         })?;
         let (name_len, attr_len) = (head.name_len as usize, head.attr_len.get() as usize);
         let extent_count = head.extent_count.get() as usize;
         if name_len == 0 || name_len > MAX_NAME_LEN {
-            return Err(format!(
-                "region {} has a name of {name_len} bytes",
-                head.id.get()
-            ));
+            return Err(format!("region {} has a name of {name_len} bytes", head.id.get()));
         }
         if attr_len > MAX_ATTR_BYTES || extent_count > MAX_EXTENTS {
-            return Err(format!(
-                "region {} has oversized attributes or extents",
-                head.id.get()
-            ));
+            return Err(format!("region {} has oversized attributes or extents", head.id.get()));
         }
         let fixed = (HEADER + name_len + attr_len).next_multiple_of(8);
         let total = fixed + 16 * extent_count;
@@ -209,10 +193,7 @@ impl RegionEntry {
             .chunks_exact(16)
             .map(|c| {
                 let raw = RawExtent::read_from_bytes(c).expect("16-byte chunk");
-                Extent {
-                    start: raw.start.get(),
-                    count: raw.count.get(),
-                }
+                Extent { start: raw.start.get(), count: raw.count.get() }
             })
             .collect();
         let entry = RegionEntry {
@@ -223,16 +204,8 @@ impl RegionEntry {
             extents,
             attrs,
         };
-        if entry
-            .extents
-            .iter()
-            .try_fold(0u64, |acc, e| acc.checked_add(e.count))
-            .is_none()
-        {
-            return Err(format!(
-                "region {:?} has extents whose sizes overflow",
-                entry.name
-            ));
+        if entry.extents.iter().try_fold(0u64, |acc, e| acc.checked_add(e.count)).is_none() {
+            return Err(format!("region {:?} has extents whose sizes overflow", entry.name));
         }
         if entry.pages() != head.pages.get() {
             return Err(format!(
@@ -288,10 +261,7 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.starts_with('.') || name.starts_with('-') {
         return Err("a name cannot start with '.' or '-'");
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "._-:@+".contains(c))
-    {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:@+".contains(c)) {
         return Err("use only letters, digits and . _ - : @ +");
     }
     Ok(())
@@ -302,10 +272,7 @@ pub fn validate_attr_key(key: &str) -> Result<(), &'static str> {
     if key.is_empty() || key.len() > 64 {
         return Err("a key has 1 to 64 bytes");
     }
-    if !key
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-    {
+    if !key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
         return Err("use only lowercase letters, digits and . _ - in keys");
     }
     Ok(())
@@ -321,16 +288,7 @@ mod tests {
             name: "vm1-disk".into(),
             kind: RegionKind::Block,
             created_unix: 1_700_000_000,
-            extents: vec![
-                Extent {
-                    start: 100,
-                    count: 3,
-                },
-                Extent {
-                    start: 200,
-                    count: 1,
-                },
-            ],
+            extents: vec![Extent { start: 100, count: 3 }, Extent { start: 200, count: 1 }],
             attrs: [("quota".to_string(), "12".to_string())].into(),
         }
     }
@@ -358,20 +316,11 @@ mod tests {
     #[test]
     fn bad_names_are_refused_with_a_reason() {
         assert_eq!(validate_name(""), Err("a name cannot be empty"));
-        assert_eq!(
-            validate_name(&"a".repeat(65)),
-            Err("a name can have at most 64 bytes")
-        );
+        assert_eq!(validate_name(&"a".repeat(65)), Err("a name can have at most 64 bytes"));
         assert_eq!(validate_name("a/b"), Err("a name cannot contain '/'"));
         assert_eq!(validate_name("a\0b"), Err("a name cannot contain NUL"));
-        assert_eq!(
-            validate_name(".."),
-            Err("a name cannot start with '.' or '-'")
-        );
-        assert_eq!(
-            validate_name("a b"),
-            Err("use only letters, digits and . _ - : @ +")
-        );
+        assert_eq!(validate_name(".."), Err("a name cannot start with '.' or '-'"));
+        assert_eq!(validate_name("a b"), Err("use only letters, digits and . _ - : @ +"));
         assert!(validate_name("vm1.disk-0:a@b+c").is_ok());
     }
 }

@@ -152,9 +152,7 @@ impl Superblock {
 
     /// Decode and validate one copy.
     pub fn decode(bytes: &[u8]) -> Result<Superblock, SuperblockFault> {
-        let raw = RawSuperblock::read_from_prefix(bytes)
-            .map_err(|_| SuperblockFault::NoMagic)?
-            .0;
+        let raw = RawSuperblock::read_from_prefix(bytes).map_err(|_| SuperblockFault::NoMagic)?.0;
         if raw.magic != MAGIC {
             return Err(SuperblockFault::NoMagic);
         }
@@ -176,8 +174,7 @@ impl Superblock {
             data_pages: raw.data_pages.get(),
             created_unix: raw.created_unix.get(),
         };
-        sb.validate_layout(version, raw.page_size.get())
-            .map_err(SuperblockFault::BadLayout)?;
+        sb.validate_layout(version, raw.page_size.get()).map_err(SuperblockFault::BadLayout)?;
         Ok(sb)
     }
 
@@ -202,16 +199,11 @@ impl Superblock {
         if meta != Some(self.data_start) {
             return Err(format!("data starts at page {}", self.data_start));
         }
-        let end = self
-            .data_start
-            .checked_add(self.data_pages)
-            .and_then(|p| p.checked_mul(PAGE_SIZE));
+        let end =
+            self.data_start.checked_add(self.data_pages).and_then(|p| p.checked_mul(PAGE_SIZE));
         match end {
             Some(end) if end <= self.pool_size && self.data_pages > 0 => Ok(()),
-            _ => Err(format!(
-                "{} data pages do not fit the pool",
-                self.data_pages
-            )),
+            _ => Err(format!("{} data pages do not fit the pool", self.data_pages)),
         }
     }
 
@@ -249,20 +241,14 @@ mod tests {
     fn flipped_bit_fails_the_checksum() {
         let mut bytes = sample().encode();
         bytes[50] ^= 1;
-        assert_eq!(
-            Superblock::decode(&bytes),
-            Err(SuperblockFault::BadChecksum)
-        );
+        assert_eq!(Superblock::decode(&bytes), Err(SuperblockFault::BadChecksum));
     }
 
     #[test]
     fn newer_format_is_reported_before_checksum() {
         let mut bytes = sample().encode();
         bytes[8] = 2;
-        assert_eq!(
-            Superblock::decode(&bytes),
-            Err(SuperblockFault::NewerFormat(2))
-        );
+        assert_eq!(Superblock::decode(&bytes), Err(SuperblockFault::NewerFormat(2)));
     }
 
     #[test]
@@ -274,9 +260,6 @@ mod tests {
     fn impossible_layout_is_rejected() {
         let mut sb = sample();
         sb.data_pages = u64::MAX / 2;
-        assert!(matches!(
-            Superblock::decode(&sb.encode()),
-            Err(SuperblockFault::BadLayout(_))
-        ));
+        assert!(matches!(Superblock::decode(&sb.encode()), Err(SuperblockFault::BadLayout(_))));
     }
 }

@@ -103,11 +103,7 @@ impl SyncMapping {
     /// Map `len` bytes of `fd` with `MAP_SHARED_VALIDATE | MAP_SYNC`.
     /// `Ok(None)` when the file system does not support it (not DAX).
     pub(crate) fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Option<Self>> {
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         let flags = libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC;
         // SAFETY: a fresh mapping chosen by the kernel; no existing memory
         // is affected. The result is checked before use.

@@ -16,8 +16,9 @@
 
 use serde::Serialize;
 
+use super::recovery::read_checkpoint;
 use super::superblock::{Superblock, SUPERBLOCK_SIZE};
-use super::{read_checkpoint, Pool, Result, PAGE_SIZE};
+use super::{Pool, Result, PAGE_SIZE};
 
 /// One problem `check` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

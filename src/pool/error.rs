@@ -43,6 +43,13 @@ pub enum PoolError {
     #[error("{} already exists; choose another path or remove it first", path.display())]
     PoolExists { path: PathBuf },
 
+    #[error(
+        "{} already holds a pmvisor pool; formatting it would destroy its regions, so pass \
+         --force if that is what you want",
+        path.display()
+    )]
+    DeviceHoldsPool { path: PathBuf },
+
     #[error("cannot open pool {}", path.display())]
     Open {
         path: PathBuf,
@@ -180,7 +187,9 @@ impl PoolError {
         use PoolError::*;
         match self {
             PoolNotFound { .. } | RegionNotFound { .. } => ErrorKind::NotFound,
-            PoolExists { .. } | RegionExists { .. } => ErrorKind::AlreadyExists,
+            PoolExists { .. } | DeviceHoldsPool { .. } | RegionExists { .. } => {
+                ErrorKind::AlreadyExists
+            }
             WrongFileType { .. }
             | TooSmall { .. }
             | InvalidName { .. }

@@ -39,10 +39,12 @@ mod catalog;
 mod check;
 mod checkpoint;
 pub mod crash;
+mod data;
 mod error;
 mod file_media;
 mod journal;
 mod media;
+mod recovery;
 mod region;
 mod superblock;
 mod sys;
@@ -61,9 +63,10 @@ pub use media::{Media, MediaKind};
 pub use region::{validate_name, Extent, RegionKind, MAX_NAME_LEN};
 
 use catalog::Catalog;
-use journal::{Change, Cursor, Tail};
+use journal::{Change, Cursor};
+use recovery::write_superblocks;
 use region::{validate_attr_key, RegionEntry, MAX_ATTR_BYTES, MAX_EXTENTS};
-use superblock::{Superblock, SuperblockFault, SUPERBLOCK_SIZE};
+use superblock::{Superblock, SUPERBLOCK_SIZE};
 
 /// The pool's allocation unit.
 pub const PAGE_SIZE: u64 = 4096;
@@ -190,7 +193,7 @@ impl Pool {
         if is_device {
             let media = MappedMedia::open(path, true)?;
             if !opts.force && Self::holds_pool(&media) {
-                return Err(PoolError::PoolExists { path: path.to_path_buf() });
+                return Err(PoolError::DeviceHoldsPool { path: path.to_path_buf() });
             }
             let len = media.len() / PAGE_SIZE * PAGE_SIZE;
             return Self::format(Arc::new(media), path, len, opts.metadata_size);
@@ -267,63 +270,6 @@ impl Pool {
     /// Open a pool on any medium (`path` only names it in messages).
     pub fn open_media(media: Arc<dyn Media>, path: &Path, mode: OpenMode) -> Result<Pool> {
         Self::open_inner(media, path, mode, true)
-    }
-
-    fn open_inner(
-        media: Arc<dyn Media>,
-        path: &Path,
-        mode: OpenMode,
-        strict: bool,
-    ) -> Result<Pool> {
-        let path = path.to_path_buf();
-        let (sb, faults, differ) = read_superblocks(media.as_ref(), &path)?;
-        for (copy, fault) in ["A", "B"].iter().zip(&faults) {
-            if let Some(fault) = fault {
-                tracing::warn!(pool = %path.display(), "superblock copy {copy} is damaged: {fault}");
-            }
-        }
-        if media.len() < sb.pool_size {
-            return Err(PoolError::Truncated { path, expected: sb.pool_size, actual: media.len() });
-        }
-        // A crash while the two copies were written leaves one damaged or
-        // older; a read-write open finishes that update. (`check` opens
-        // leniently and reports it instead.)
-        let heal =
-            strict && mode == OpenMode::ReadWrite && (differ || faults.iter().any(Option::is_some));
-        let corrupt = |detail: String| PoolError::CorruptMetadata { path: path.clone(), detail };
-        let ckpt = read_checkpoint(media.as_ref(), &sb).map_err(corrupt)?;
-        if ckpt.generation != sb.generation {
-            return Err(corrupt(format!(
-                "the active checkpoint is of generation {} but the superblock of {}",
-                ckpt.generation, sb.generation
-            )));
-        }
-        let source = MediaLog { media: media.as_ref(), base: sb.log_offset(), len: sb.log_bytes() };
-        let (changes, cursor, tail) = journal::replay(source, sb.generation, &sb.uuid);
-        if let Tail::Torn(why) = &tail {
-            tracing::info!(pool = %path.display(), "ignoring a torn journal record left by a crash: {why}");
-        }
-        let data_end = sb.data_start + sb.data_pages;
-        let (catalog, problems) =
-            Catalog::rebuild(sb.data_start, data_end, ckpt.next_region_id, ckpt.regions, changes);
-        if strict && !problems.is_empty() {
-            return Err(corrupt(problems.join("; ")));
-        }
-        if heal {
-            write_superblocks(media.as_ref(), &sb).map_err(|source| PoolError::Io {
-                path: path.clone(),
-                operation: "rewriting the superblock copies",
-                source,
-            })?;
-            tracing::warn!(pool = %path.display(), "rewrote both superblock copies from the newest valid one");
-        }
-        Ok(Pool {
-            path,
-            media,
-            writable: mode == OpenMode::ReadWrite,
-            state: Mutex::new(State { sb, catalog, cursor, failed: false }),
-            open_problems: problems,
-        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -660,76 +606,6 @@ impl Pool {
         self.commit(&mut st, Change::Put(entry))
     }
 
-    /// Map a region-relative byte range to medium ranges.
-    fn locate(&self, name: &str, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
-        let st = self.lock();
-        let entry = st
-            .catalog
-            .by_name(name)
-            .ok_or_else(|| PoolError::RegionNotFound { name: name.to_string() })?;
-        let size = entry.pages() * PAGE_SIZE;
-        if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(PoolError::OutOfRange { name: name.to_string(), offset, len, size });
-        }
-        let mut out = Vec::new();
-        let (mut pos, mut left) = (offset, len);
-        let mut ext_base = 0;
-        for e in &entry.extents {
-            let ext_len = e.count * PAGE_SIZE;
-            if left > 0 && pos < ext_base + ext_len {
-                let within = pos - ext_base;
-                let n = (ext_len - within).min(left);
-                out.push((e.start * PAGE_SIZE + within, n));
-                pos += n;
-                left -= n;
-            }
-            ext_base += ext_len;
-        }
-        Ok(out)
-    }
-
-    fn data_io(&self, operation: &'static str) -> impl FnOnce(std::io::Error) -> PoolError + '_ {
-        move |source| PoolError::Io { path: self.path.clone(), operation, source }
-    }
-
-    /// Read region bytes at a region-relative offset.
-    pub fn read_region(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut done = 0usize;
-        for (at, n) in self.locate(name, offset, buf.len() as u64)? {
-            let n = n as usize;
-            self.media
-                .read(at, &mut buf[done..done + n])
-                .map_err(self.data_io("reading region data"))?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Write region bytes at a region-relative offset (durable after
-    /// [`persist_region`](Pool::persist_region)).
-    pub fn write_region(&self, name: &str, offset: u64, data: &[u8]) -> Result<()> {
-        if !self.writable {
-            return Err(PoolError::ReadOnly { path: self.path.clone() });
-        }
-        let mut done = 0usize;
-        for (at, n) in self.locate(name, offset, data.len() as u64)? {
-            let n = n as usize;
-            self.media
-                .write(at, &data[done..done + n])
-                .map_err(self.data_io("writing region data"))?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Make written region bytes durable.
-    pub fn persist_region(&self, name: &str, offset: u64, len: u64) -> Result<()> {
-        for (at, n) in self.locate(name, offset, len)? {
-            self.media.flush(at, n).map_err(self.data_io("flushing region data"))?;
-        }
-        self.media.barrier().map_err(self.data_io("flushing region data"))
-    }
-
     /// Verify every invariant of this open pool.
     pub fn check(&self) -> CheckReport {
         check::run(self)
@@ -746,97 +622,5 @@ impl Pool {
             check::repair(&pool, &mut report)?;
         }
         Ok(report)
-    }
-}
-
-/// Write both superblock copies: A, durable, then B, durable.
-fn write_superblocks(media: &dyn Media, sb: &Superblock) -> std::io::Result<()> {
-    let bytes = sb.encode();
-    for copy in [0, PAGE_SIZE] {
-        media.write(copy, &bytes)?;
-        media.persist(copy, bytes.len() as u64)?;
-    }
-    Ok(())
-}
-
-/// Decode both copies; the newest valid one wins. Also says why each copy
-/// was refused, and whether two valid copies differ.
-fn read_superblocks(
-    media: &dyn Media,
-    path: &Path,
-) -> Result<(Superblock, [Option<SuperblockFault>; 2], bool)> {
-    let mut copies = [None, None];
-    let mut faults = [None, None];
-    for (i, off) in [0, PAGE_SIZE].into_iter().enumerate() {
-        let mut buf = [0u8; SUPERBLOCK_SIZE];
-        if media.len() < off + SUPERBLOCK_SIZE as u64 {
-            faults[i] = Some(SuperblockFault::NoMagic);
-            continue;
-        }
-        media.read(off, &mut buf).map_err(|source| PoolError::Io {
-            path: path.to_path_buf(),
-            operation: "reading the superblock",
-            source,
-        })?;
-        match Superblock::decode(&buf) {
-            Ok(sb) => copies[i] = Some(sb),
-            Err(SuperblockFault::NewerFormat(found)) => {
-                return Err(PoolError::NewerFormat {
-                    path: path.to_path_buf(),
-                    found,
-                    supported: superblock::FORMAT_VERSION,
-                })
-            }
-            Err(fault) => faults[i] = Some(fault),
-        }
-    }
-    match copies {
-        [Some(a), Some(b)] => Ok((if b.generation > a.generation { b } else { a }, faults, a != b)),
-        [Some(sb), None] | [None, Some(sb)] => Ok((sb, faults, false)),
-        [None, None] => {
-            // Without any superblock magic, the first checkpoint slot (page 2
-            // in every layout) tells a destroyed pool from something else.
-            let mut head = [0u8; 8];
-            let was_pool =
-                media.read(2 * PAGE_SIZE, &mut head).is_ok() && checkpoint::has_magic(&head);
-            if !was_pool && faults.iter().all(|f| f == &Some(SuperblockFault::NoMagic)) {
-                return Err(PoolError::NotAPool { path: path.to_path_buf() });
-            }
-            let detail = format!(
-                "copy A: {}; copy B: {}",
-                faults[0].as_ref().expect("fault recorded"),
-                faults[1].as_ref().expect("fault recorded")
-            );
-            Err(PoolError::BothSuperblocksBad { path: path.to_path_buf(), detail })
-        }
-    }
-}
-
-fn read_checkpoint(
-    media: &dyn Media,
-    sb: &Superblock,
-) -> std::result::Result<checkpoint::Checkpoint, String> {
-    let at = sb.checkpoint_offset(sb.active_checkpoint);
-    let mut head = vec![0u8; checkpoint::HEADER_SIZE];
-    media.read(at, &mut head).map_err(|e| format!("the checkpoint cannot be read ({e})"))?;
-    let len = checkpoint::payload_len(&head, sb.checkpoint_bytes())?;
-    head.resize(checkpoint::HEADER_SIZE + len, 0);
-    media
-        .read(at + checkpoint::HEADER_SIZE as u64, &mut head[checkpoint::HEADER_SIZE..])
-        .map_err(|e| format!("the checkpoint cannot be read ({e})"))?;
-    checkpoint::decode(&head)
-}
-
-/// The journal as `replay` reads it: straight from the medium.
-struct MediaLog<'a> {
-    media: &'a dyn Media,
-    base: u64,
-    len: u64,
-}
-
-impl journal::LogSource for MediaLog<'_> {
-    fn read_log(&mut self, offset: u64, buf: &mut [u8]) -> bool {
-        offset.checked_add(buf.len() as u64).is_some_and(|end| end <= self.len)
-            && self.media.read(self.base + offset, buf).is_ok()
     }
 }

@@ -2,3 +2,9 @@
 //! a crash-atomic filesystem and persistent VMs (see SPEC.md).
 
 pub mod pool;
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod gate;
+pub mod paths;

@@ -118,7 +118,10 @@ pub enum PoolError {
     #[error("pool {} is open read-only; this operation changes it", path.display())]
     ReadOnly { path: PathBuf },
 
-    #[error("invalid region name {name:?}: {reason}")]
+    #[error(
+        "invalid region name {name:?}: {reason}; names are 1 to 64 letters, digits and \
+         . _ - : @ +"
+    )]
     InvalidName { name: String, reason: &'static str },
 
     #[error("region {name:?} already exists; pick another name or delete it first")]
@@ -127,7 +130,7 @@ pub enum PoolError {
     #[error("no region named {name:?}; `pmvisor region list` shows the regions")]
     RegionNotFound { name: String },
 
-    #[error("region size must be larger than zero")]
+    #[error("a region size must be larger than zero; give a size such as 64M or 1G")]
     ZeroSize,
 
     #[error(

@@ -61,6 +61,9 @@ fn io_err<'a>(path: &'a Path, operation: &'static str) -> impl FnOnce(io::Error)
 impl MappedMedia {
     /// Create a sparse pool file of `size` bytes; fails if `path` exists.
     pub fn create_file(path: &Path, size: u64) -> Result<MappedMedia> {
+        if path.is_dir() {
+            return Err(PoolError::WrongFileType { path: path.to_path_buf(), what: "directory" });
+        }
         let file = match OpenOptions::new().read(true).write(true).create_new(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -113,10 +116,13 @@ impl MappedMedia {
     fn from_file(path: &Path, file: File, writable: bool) -> Result<MappedMedia> {
         let path = path.to_path_buf();
         if !sys::lock_pool(file.as_fd(), writable).map_err(io_err(&path, "locking"))? {
-            let holder = sys::lock_holder(file.as_fd(), writable).ok().flatten();
-            return Err(match holder {
-                Some(pid) => PoolError::LockedBy { path, pid },
-                None => PoolError::LockedBy { path, pid: std::process::id() as i32 },
+            // F_GETLK reports no holder when the holder is this very process
+            // (POSIX locks never conflict with their owner): another open of
+            // the same pool here. Anything else unknown gets `Locked`.
+            return Err(match sys::lock_holder(file.as_fd(), writable) {
+                Ok(Some(pid)) => PoolError::LockedBy { path, pid },
+                Ok(None) => PoolError::LockedBy { path, pid: std::process::id() as i32 },
+                Err(_) => PoolError::Locked { path },
             });
         }
         let ft = file.metadata().map_err(io_err(&path, "reading file metadata"))?.file_type();

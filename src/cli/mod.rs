@@ -1,0 +1,185 @@
+//! The `pmvisor` command line: argument parsing, settings resolution
+//! (flags > environment > config file > defaults) and dispatch to one module
+//! per command group.
+//!
+//! Every command other than `serve` and `pool create` is routed (see
+//! [`route`]): through the daemon's control API when a daemon answers for the
+//! pool in question, otherwise by opening the pool directly, never both.
+//! Errors come back as `anyhow` errors whose text is one sentence saying what
+//! to do next; `main` prints it after `error: ` and exits with status 1.
+
+pub mod client;
+pub mod output;
+pub mod pool;
+pub mod region;
+pub mod route;
+pub mod size;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::paths;
+
+/// Elastic persistent memory: one pool, named regions, a control daemon.
+#[derive(Debug, Parser)]
+#[command(name = "pmvisor", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The pool file or device [default: the embedded default pool in the
+    /// state directory, created on demand]
+    #[arg(long, global = true, env = "PMVISOR_POOL", value_name = "PATH")]
+    pub pool: Option<PathBuf>,
+
+    /// The daemon's control socket [default: /run/pmvisor/pmvisor.sock]
+    #[arg(long, global = true, env = "PMVISOR_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Config file [default: /etc/pmvisor/pmvisor.toml if it exists]
+    #[arg(long, global = true, env = "PMVISOR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Say more (repeat for debug output)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The command groups.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: own the pool and serve the control API
+    Serve,
+    /// Create, inspect and check pools
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
+    /// Create, list, show, rename, resize and delete regions
+    #[command(subcommand)]
+    Region(region::RegionCommand),
+}
+
+/// Which pool a command is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolChoice {
+    /// Named by a flag, the environment or the config: never created
+    /// implicitly.
+    Named(PathBuf),
+    /// The embedded default pool: created on demand.
+    Default(PathBuf),
+}
+
+impl PoolChoice {
+    /// The pool's path.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            PoolChoice::Named(path) | PoolChoice::Default(path) => path,
+        }
+    }
+}
+
+/// Settings after flags, environment and config file are combined.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The pool this invocation is about.
+    pub pool: PoolChoice,
+    /// The daemon's control socket.
+    pub socket: PathBuf,
+    /// Size of the embedded default pool when it is created.
+    pub default_pool_size: u64,
+    /// The log filter from the config file.
+    pub log: Option<String>,
+    /// Print JSON.
+    pub json: bool,
+    /// `-v` count.
+    pub verbose: u8,
+}
+
+impl Settings {
+    /// Combine flags (and their environment variables) with the config file.
+    pub fn resolve(cli: &Cli) -> anyhow::Result<Settings> {
+        let config = Config::load(non_empty(&cli.config).as_deref())?;
+        let pool = match non_empty(&cli.pool).or(config.pool.clone()) {
+            Some(path) => PoolChoice::Named(path),
+            None => PoolChoice::Default(paths::default_pool()),
+        };
+        let socket =
+            non_empty(&cli.socket).or(config.socket.clone()).unwrap_or_else(paths::default_socket);
+        Ok(Settings {
+            pool,
+            socket,
+            default_pool_size: config.default_pool_size.unwrap_or(paths::DEFAULT_POOL_SIZE),
+            log: config.log,
+            json: cli.json,
+            verbose: cli.verbose,
+        })
+    }
+}
+
+/// An empty `--pool ""` or `PMVISOR_POOL=` means "not given".
+fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
+    path.clone().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(&cli)?;
+    match cli.command {
+        Command::Serve => {
+            init_logging(&settings, "info")?;
+            serve(&settings)?;
+        }
+        Command::Pool(command) => {
+            init_logging(&settings, "warn")?;
+            pool::run(command, &settings)?;
+        }
+        Command::Region(command) => {
+            init_logging(&settings, "warn")?;
+            region::run(command, &settings)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(settings: &Settings) -> anyhow::Result<()> {
+    let pool = route::open_pool_to_serve(settings)?;
+    let pool_path = std::fs::canonicalize(settings.pool.path()).with_context(|| {
+        format!("cannot resolve the pool path {}", settings.pool.path().display())
+    })?;
+    crate::daemon::serve(pool, pool_path, settings.socket.clone())
+}
+
+/// Logs go to stderr. The filter is `PMVISOR_LOG`, else `RUST_LOG`, else the
+/// config's `log`, else `default`; each `-v` raises the default one step.
+fn init_logging(settings: &Settings, default: &str) -> anyhow::Result<()> {
+    let default = match (default, settings.verbose) {
+        (level, 0) => level,
+        ("warn", 1) => "info",
+        _ => "debug",
+    };
+    let filter = ["PMVISOR_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .or_else(|| settings.log.clone())
+        .unwrap_or_else(|| default.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).map_err(|err| {
+        anyhow::anyhow!(
+            "the log filter `{filter}` is invalid ({err}); use a level such as info or debug"
+        )
+    })?;
+    // A second initialisation (tests calling `run` twice) keeps the first.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! What the CLI prints: tables for people, JSON for scripts, and a spinner on
+//! stderr for work that takes more than a moment.
+//!
+//! JSON output is the control API's wire types (`PoolView`, `RegionView`,
+//! `CheckView`), so a script sees the same document whether the command went
+//! through the daemon or opened the pool itself.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::size::format_size;
+use crate::daemon::api::pool::{CheckView, PoolView};
+use crate::daemon::api::regions::RegionView;
+
+/// Print `value` as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A table as text: columns two spaces apart, no trailing blanks.
+pub fn render(mut table: Table) -> String {
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table.lines().map(|line| line.trim_end().to_string()).collect::<Vec<_>>().join("\n")
+}
+
+fn plain_table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
+    table
+}
+
+fn key_value_table(rows: Vec<(&str, String)>) -> Table {
+    let mut table = plain_table();
+    for (key, value) in rows {
+        table.add_row(vec![format!("{key}:"), value]);
+    }
+    table
+}
+
+/// `pool info` for people.
+pub fn pool_table(pool: &PoolView) -> Table {
+    let used_pages = pool.data_pages.saturating_sub(pool.free_pages);
+    key_value_table(vec![
+        ("path", pool.path.display().to_string()),
+        ("uuid", pool.uuid.clone()),
+        ("media", pool.media.clone()),
+        ("size", format_size(pool.size)),
+        ("for regions", format_size(pool.data_pages.saturating_mul(pool.page_size))),
+        (
+            "used",
+            format!(
+                "{} ({})",
+                format_size(used_pages.saturating_mul(pool.page_size)),
+                percent(used_pages, pool.data_pages)
+            ),
+        ),
+        ("free", format_size(pool.free_pages.saturating_mul(pool.page_size))),
+        ("regions", pool.regions.to_string()),
+        ("metadata", format_size(pool.metadata_size)),
+        ("page size", format_size(pool.page_size)),
+        ("format", format!("version {}", pool.format_version)),
+        ("generation", pool.generation.to_string()),
+        ("created", format_time(pool.created_unix)),
+    ])
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "0%".to_string();
+    }
+    format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+}
+
+/// `region list` for people.
+pub fn regions_table(regions: &[RegionView]) -> Table {
+    let mut table = plain_table();
+    table.set_header(vec!["NAME", "KIND", "SIZE", "EXTENTS", "CREATED"]);
+    for region in regions {
+        table.add_row(vec![
+            region.name.clone(),
+            kind_name(region),
+            format_size(region.size),
+            region.extents.len().to_string(),
+            format_time(region.created_unix),
+        ]);
+    }
+    if let Some(column) = table.column_mut(2) {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+    table
+}
+
+/// `region show` for people.
+pub fn region_table(region: &RegionView) -> Table {
+    let mut rows = vec![
+        ("name", region.name.clone()),
+        ("kind", kind_name(region)),
+        ("size", format!("{} ({} bytes)", format_size(region.size), region.size)),
+        ("id", region.id.to_string()),
+        ("created", format_time(region.created_unix)),
+    ];
+    if let Some(offset) = region.offset {
+        rows.push(("pool offset", offset.to_string()));
+    }
+    let extents = region
+        .extents
+        .iter()
+        .map(|e| format!("{}+{}", e.start, e.count))
+        .collect::<Vec<_>>()
+        .join(" ");
+    rows.push(("extents", if extents.is_empty() { "none".to_string() } else { extents }));
+    let mut table = key_value_table(rows);
+    for (key, value) in &region.attrs {
+        table.add_row(vec![format!("attr {key}:"), value.clone()]);
+    }
+    table
+}
+
+/// `pool check` for people: what repair did, then one line per problem
+/// (after a repair, the problems still there).
+pub fn check_lines(check: &CheckView) -> Vec<String> {
+    let mut lines = vec![format!(
+        "Checked {} regions: {} pages owned, {} pages free.",
+        check.regions, check.pages_owned, check.pages_free
+    )];
+    for action in &check.repaired {
+        lines.push(format!("repaired: {action}"));
+    }
+    for problem in &check.problems {
+        lines.push(format!("problem: {}", problem.message));
+    }
+    if check.problems.is_empty() {
+        lines.push("No problems found.".to_string());
+    }
+    lines
+}
+
+fn kind_name(region: &RegionView) -> String {
+    serde_json::to_value(region.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` from seconds since the epoch.
+pub fn format_time(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Howard Hinnant's `civil_from_days` for days since 1970-01-01.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A spinner on stderr while slow work runs; silent when stderr is not a
+/// terminal. Cleared when dropped.
+#[derive(Debug)]
+pub struct Spinner(Option<ProgressBar>);
+
+impl Spinner {
+    /// Start spinning with `message`.
+    pub fn start(message: impl Into<String>) -> Spinner {
+        if !std::io::stderr().is_terminal() {
+            return Spinner(None);
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(message.into());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Spinner(Some(bar))
+    }
+
+    /// Spin only when `slow` is true.
+    pub fn start_if(slow: bool, message: impl Into<String>) -> Spinner {
+        if slow {
+            Spinner::start(message)
+        } else {
+            Spinner(None)
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_printed_in_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13:20 UTC");
+    }
+}

@@ -1,0 +1,265 @@
+//! The control API: JSON over HTTP/1.1 on the daemon's Unix socket.
+//!
+//! One file per resource (`pool`, `regions`, `health`, `metrics`), each with
+//! its wire types and thin `parse_*` functions; this file holds the router,
+//! the shared state and the error body. The wire types are the API's own
+//! contract (documented in `api/openapi.yaml`), converted from the pool's
+//! types, so the pool can change its internals without breaking clients. The
+//! CLI uses the same types for its `--json` output, whether it went through
+//! the daemon or opened the pool itself.
+//!
+//! Pool calls block, so handlers run them in `spawn_blocking`; every
+//! mutating request holds a [`GateGuard`] for as long as its pool call runs.
+
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod regions;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::gate::{Gate, GateGuard};
+use crate::pool::{ErrorKind, Pool, PoolError};
+
+use self::metrics::Metrics;
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The open pool, shared with blocking tasks.
+    pub pool: Arc<Pool>,
+    /// The gate mutating requests pass through.
+    pub gate: Gate,
+    /// The Prometheus registry and its metrics.
+    pub metrics: Metrics,
+    /// The pool's path, canonical, as given to clients.
+    pub pool_path: PathBuf,
+    /// The socket the daemon listens on.
+    pub socket: PathBuf,
+}
+
+/// The shared state handed to handlers.
+pub type SharedState = Arc<ApiState>;
+
+/// Build the router for every endpoint of `api/openapi.yaml`.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health::get_health))
+        .route("/v1/pool", get(pool::get_pool))
+        .route("/v1/pool/check", get(pool::get_check))
+        .route("/v1/regions", get(regions::list_regions).post(regions::create_region))
+        .route("/v1/regions/{name}", get(regions::get_region).delete(regions::delete_region))
+        .route("/v1/regions/{name}/rename", post(regions::rename_region))
+        .route("/v1/regions/{name}/resize", post(regions::resize_region))
+        .route("/metrics", get(metrics::get_metrics))
+        .fallback(unknown_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), metrics::count_requests))
+        .with_state(state)
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// One sentence saying what went wrong and what to do next.
+    pub error: String,
+}
+
+/// An error response: a status and one sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong and what to do next.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400 for a request the API cannot accept.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(err: PoolError) -> ApiError {
+        ApiError { status: status_for(&err), message: err.to_string() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.message };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The HTTP status for a pool error, by its kind.
+pub fn status_for(err: &PoolError) -> StatusCode {
+    match err.kind() {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::AlreadyExists | ErrorKind::Busy => StatusCode::CONFLICT,
+        ErrorKind::InvalidInput | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
+        ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::Corrupt | ErrorKind::Io => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Run a read-only pool call on the blocking pool.
+async fn read_pool<T, F>(state: &SharedState, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Pool) -> Result<T, ApiError> + Send + 'static,
+{
+    let pool = Arc::clone(&state.pool);
+    join(tokio::task::spawn_blocking(move || work(&pool)).await)
+}
+
+/// Run a mutating pool call on the blocking pool, inside the gate.
+async fn write_pool<T, F>(state: &SharedState, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Pool) -> Result<T, ApiError> + Send + 'static,
+{
+    let guard: GateGuard = state.gate.enter().map_err(|closed| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("{closed}; retry once the daemon is serving again"),
+    })?;
+    let pool = Arc::clone(&state.pool);
+    join(
+        tokio::task::spawn_blocking(move || {
+            let result = work(&pool);
+            drop(guard);
+            result
+        })
+        .await,
+    )
+}
+
+fn join<T>(joined: Result<Result<T, ApiError>, tokio::task::JoinError>) -> Result<T, ApiError> {
+    joined.unwrap_or_else(|err| {
+        tracing::error!("a pool call failed: {err}");
+        Err(ApiError::internal(
+            "the pool call failed inside the daemon; see the daemon's log for details",
+        ))
+    })
+}
+
+async fn unknown_endpoint(uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!(
+            "there is no endpoint {}; see api/openapi.yaml for the endpoints",
+            uri.path()
+        ),
+    }
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!(
+            "{method} is not allowed on {}; see api/openapi.yaml for the methods",
+            uri.path()
+        ),
+    }
+}
+
+/// Parse a JSON request body into `T`, naming the problem in a 400.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(format!(
+            "the request body is empty; send a JSON object with {expected}"
+        )));
+    }
+    serde_json::from_slice(body).map_err(|err| {
+        ApiError::bad_request(format!(
+            "the request body is not valid: {err}; send a JSON object with {expected}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every endpoint `router` serves, as `(method, path template)`.
+    const ENDPOINTS: &[(&str, &str)] = &[
+        ("get", "/v1/health"),
+        ("get", "/v1/pool"),
+        ("get", "/v1/pool/check"),
+        ("get", "/v1/regions"),
+        ("post", "/v1/regions"),
+        ("get", "/v1/regions/{name}"),
+        ("delete", "/v1/regions/{name}"),
+        ("post", "/v1/regions/{name}/rename"),
+        ("post", "/v1/regions/{name}/resize"),
+        ("get", "/metrics"),
+    ];
+
+    /// The methods documented under `path` in the OpenAPI file.
+    fn documented_methods(spec: &str, path: &str) -> Vec<String> {
+        let mut lines = spec.lines().skip_while(|l| *l != format!("  {path}:")).skip(1);
+        let mut methods = Vec::new();
+        for line in lines.by_ref() {
+            if !line.starts_with("    ") {
+                break;
+            }
+            if let Some(key) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
+                if !key.starts_with(' ') {
+                    methods.push(key.to_string());
+                }
+            }
+        }
+        methods
+    }
+
+    #[test]
+    fn every_endpoint_is_documented_in_the_openapi_file() {
+        let spec = include_str!("../../../api/openapi.yaml");
+        for (method, path) in ENDPOINTS {
+            assert!(
+                documented_methods(spec, path).iter().any(|m| m == method),
+                "{method} {path} is missing from api/openapi.yaml"
+            );
+        }
+    }
+
+    #[test]
+    fn pool_errors_map_to_statuses_by_kind() {
+        let status = |err: PoolError| status_for(&err);
+        assert_eq!(status(PoolError::RegionNotFound { name: "a".into() }), StatusCode::NOT_FOUND);
+        assert_eq!(status(PoolError::RegionExists { name: "a".into() }), StatusCode::CONFLICT);
+        assert_eq!(status(PoolError::ZeroSize), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(PoolError::NoSpace { name: "a".into(), needed: 2, free: 1 }),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        assert_eq!(status(PoolError::LockedBy { path: "p".into(), pid: 1 }), StatusCode::CONFLICT);
+        assert_eq!(
+            status(PoolError::CorruptMetadata { path: "p".into(), detail: "x".into() }),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn error_bodies_are_one_json_field() {
+        let body = serde_json::to_string(&ErrorBody { error: "no.".into() }).unwrap();
+        assert_eq!(body, r#"{"error":"no."}"#);
+    }
+}

@@ -244,7 +244,7 @@ fn commands_go_through_the_daemon_while_it_holds_the_pool() {
         .on_pool(&["pool", "check"])
         .assert()
         .success()
-        .stdout(contains("Checked 1 regions").and(contains("No problems found.")));
+        .stdout(contains("Checked 1 region:").and(contains("No problems found.")));
     sandbox.on_pool(&["pool", "check", "--repair"]).assert().code(1).stderr(contains(format!(
         "repair needs the pool closed, but the daemon (PID {})",
         daemon.pid()

@@ -127,8 +127,11 @@ pub fn region_table(region: &RegionView) -> Table {
 /// (after a repair, the problems still there).
 pub fn check_lines(check: &CheckView) -> Vec<String> {
     let mut lines = vec![format!(
-        "Checked {} regions: {} pages owned, {} pages free.",
-        check.regions, check.pages_owned, check.pages_free
+        "Checked {} region{}: {} pages owned, {} pages free.",
+        check.regions,
+        if check.regions == 1 { "" } else { "s" },
+        check.pages_owned,
+        check.pages_free
     )];
     for action in &check.repaired {
         lines.push(format!("repaired: {action}"));

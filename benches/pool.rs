@@ -113,7 +113,8 @@ fn main() {
     let disk = disk_dir();
     let mut md = String::new();
     writeln!(md, "# Pool benchmarks\n").unwrap();
-    writeln!(md, "Pool files on /dev/shm unless the row says disk ({}).\n", disk.display()).unwrap();
+    writeln!(md, "Pool files on /dev/shm unless the row says disk ({}).\n", disk.display())
+        .unwrap();
 
     writeln!(md, "## Open time (median of 15 opens, journal replay included)\n").unwrap();
     writeln!(md, "| regions | 1 GiB pool | 64 GiB pool | target |").unwrap();

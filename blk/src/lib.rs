@@ -1,2 +1,13 @@
-//! Block transports for pmvisor (SPEC §5): the `BlockDevice` trait that the
-//! root crate implements over block regions, an NBD server and a ublk target.
+//! Block transports for pmvisor (SPEC §5): the [`BlockDevice`] trait that the
+//! root crate implements over block regions, [`MemDevice`] (its in-memory
+//! reference implementation), and an NBD server ([`nbd::NbdServer`]).
+//!
+//! The crate depends on nothing of the root crate: transports see a region
+//! only through `BlockDevice`, and are tested here against `MemDevice`.
+
+mod device;
+mod mem_device;
+pub mod nbd;
+
+pub use device::{check_range, BlockDevice, DeviceError, Extent, BLOCK_SIZE, MAX_EXTENTS};
+pub use mem_device::MemDevice;

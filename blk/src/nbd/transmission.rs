@@ -1,0 +1,524 @@
+//! The transmission phase: the command loop of one connection.
+//!
+//! The loop reads one 28-byte request at a time, checks it completely
+//! ([`plan`]: magic, type, flags, length limits, range, read-only,
+//! negotiated features) before reading any payload, and hands valid work to
+//! the blocking thread pool. Requests run concurrently and complete out of
+//! order; their replies go through one writer task. At most
+//! [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] of payload are in
+//! flight (including replies waiting to be written), so a client that
+//! pipelines hard, or stops reading, only stalls itself.
+//!
+//! Flush and FUA go straight to the shared device, whose flush covers every
+//! write completed on any connection: that is what multi-conn needs.
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use super::handshake::Session;
+use super::proto::{
+    Command, RequestHeader, BASE_ALLOCATION_ID, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE,
+    CMD_FLAG_REQ_ONE, EINVAL, ENOSPC, EPERM, MAX_PAYLOAD, REQUEST_MAGIC, STATE_HOLE, STATE_ZERO,
+};
+use super::reply::{write_replies, ReplyFrame};
+use crate::device::{BlockDevice, DeviceError, Extent, MAX_EXTENTS};
+
+/// Most requests one connection may have in flight.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Most payload bytes (write data read, read data not yet sent) one
+/// connection may hold.
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+/// Payload budget granularity.
+const BUDGET_UNIT: usize = 4096;
+/// How long a closing connection waits for its replies to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Signals that end a connection gracefully: its listener stopping, or its
+/// export being removed.
+#[derive(Debug, Clone)]
+pub(crate) struct StopSignal {
+    listener: watch::Receiver<bool>,
+    export: watch::Receiver<bool>,
+}
+
+impl StopSignal {
+    pub fn new(listener: watch::Receiver<bool>, export: watch::Receiver<bool>) -> Self {
+        StopSignal { listener, export }
+    }
+
+    /// Resolve once either signal is raised (or its sender is gone).
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            () = raised(&mut self.listener) => {}
+            () = raised(&mut self.export) => {}
+        }
+    }
+}
+
+/// Resolve once `signal` is true or its sender is gone. (The guard that
+/// `wait_for` returns is dropped here, so callers stay `Send`.)
+pub(crate) async fn raised(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|raised| *raised).await;
+}
+
+/// How a transmission phase ended without a protocol violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The client sent `NBD_CMD_DISC`.
+    Disconnected,
+    /// The client closed its side between requests.
+    ClientClosed,
+    /// The listener stopped or the export was removed.
+    Stopped,
+}
+
+/// Why a transmission phase failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TransmissionError {
+    #[error("connection failed")]
+    Io(#[from] io::Error),
+    #[error("request has magic {0:#010x}, not NBD_REQUEST_MAGIC")]
+    BadMagic(u32),
+    #[error("NBD_CMD_WRITE of {0} bytes is over the {MAX_PAYLOAD}-byte limit")]
+    WriteTooLarge(u32),
+}
+
+impl TransmissionError {
+    /// True when the client broke the protocol (rather than just going away).
+    pub fn is_violation(&self) -> bool {
+        !matches!(self, TransmissionError::Io(_))
+    }
+}
+
+/// A validated request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Read { offset: u64, len: u32, df: bool },
+    Write { offset: u64, len: u32, fua: bool },
+    Flush,
+    Trim { offset: u64, len: u32, fua: bool },
+    WriteZeroes { offset: u64, len: u32, may_trim: bool, fua: bool },
+    BlockStatus { offset: u64, len: u32, req_one: bool },
+}
+
+/// What to do with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Plan {
+    Execute(Op),
+    Reject { error: u32, message: String },
+    Disconnect,
+}
+
+/// The parts of a session that decide whether a request is valid.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub size: u64,
+    pub read_only: bool,
+    pub structured: bool,
+    pub block_status: bool,
+}
+
+fn reject(error: u32, message: impl Into<String>) -> Plan {
+    Plan::Reject { error, message: message.into() }
+}
+
+/// Decide what to do with a request, from its header alone.
+pub(crate) fn plan(shape: &Shape, command: Command, flags: u16, offset: u64, len: u32) -> Plan {
+    if command == Command::Disconnect {
+        return Plan::Disconnect;
+    }
+    if let Command::Unknown(kind) = command {
+        return reject(EINVAL, format!("command type {kind} is not supported"));
+    }
+    let unknown_flags = flags & !command.allowed_flags(shape.structured);
+    if unknown_flags != 0 {
+        return reject(EINVAL, format!("flags {unknown_flags:#x} are not valid for {command:?}"));
+    }
+    let writes = matches!(command, Command::Write | Command::Trim | Command::WriteZeroes);
+    if writes && shape.read_only {
+        return reject(EPERM, "the export is read-only");
+    }
+    let payload_bound = matches!(command, Command::Read | Command::Write | Command::WriteZeroes);
+    if payload_bound && len > MAX_PAYLOAD {
+        return reject(EINVAL, format!("length {len} is over the {MAX_PAYLOAD}-byte maximum"));
+    }
+    let in_range = offset.checked_add(u64::from(len)).is_some_and(|end| end <= shape.size);
+    if command != Command::Flush && !in_range {
+        let error =
+            if matches!(command, Command::Write | Command::WriteZeroes) { ENOSPC } else { EINVAL };
+        return reject(error, format!("range {offset}+{len} is past the end of the export"));
+    }
+    let fua = flags & CMD_FLAG_FUA != 0;
+    let op = match command {
+        Command::Read => Op::Read { offset, len, df: flags & CMD_FLAG_DF != 0 },
+        Command::Write => Op::Write { offset, len, fua },
+        Command::Flush => Op::Flush,
+        Command::Trim => Op::Trim { offset, len, fua },
+        Command::WriteZeroes => {
+            Op::WriteZeroes { offset, len, may_trim: flags & CMD_FLAG_NO_HOLE == 0, fua }
+        }
+        Command::BlockStatus if !shape.block_status => {
+            return reject(EINVAL, "no metadata context was negotiated");
+        }
+        Command::BlockStatus if len == 0 => return reject(EINVAL, "block status of zero bytes"),
+        Command::BlockStatus => {
+            Op::BlockStatus { offset, len, req_one: flags & CMD_FLAG_REQ_ONE != 0 }
+        }
+        Command::Disconnect | Command::Unknown(_) => {
+            return reject(EINVAL, "command is not supported");
+        }
+    };
+    Plan::Execute(op)
+}
+
+/// Run the transmission phase until the client leaves, breaks the
+/// protocol, or `stop` is raised; in-flight requests are always answered
+/// (within the drain timeout) before returning.
+pub(crate) async fn transmit<R, W>(
+    mut reader: R,
+    writer: W,
+    session: Session,
+    mut stop: StopSignal,
+) -> Result<Ending, TransmissionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let shape = Shape {
+        size: session.export.device.size(),
+        read_only: session.export.read_only,
+        structured: session.structured,
+        block_status: session.block_status,
+    };
+    let device = Arc::clone(&session.export.device);
+    let (frames, queue) = mpsc::unbounded_channel();
+    let mut writer_task = tokio::spawn(write_replies(writer, queue));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES / BUDGET_UNIT));
+
+    let outcome: Result<Option<Ending>, TransmissionError> = loop {
+        let mut raw = [0u8; 28];
+        let got = tokio::select! {
+            biased;
+            _ = stop.wait() => break Ok(Some(Ending::Stopped)),
+            _ = frames.closed() => break Ok(None),
+            got = read_request(&mut reader, &mut raw) => got,
+        };
+        match got {
+            Ok(true) => {}
+            Ok(false) => break Ok(Some(Ending::ClientClosed)),
+            Err(e) => break Err(e.into()),
+        }
+        let header: RequestHeader = zerocopy::transmute!(raw);
+        if header.magic.get() != REQUEST_MAGIC {
+            break Err(TransmissionError::BadMagic(header.magic.get()));
+        }
+        let command = Command::from_wire(header.kind.get());
+        let (handle, offset, len) = (header.handle.get(), header.offset.get(), header.length.get());
+        let plan = plan(&shape, command, header.flags.get(), offset, len);
+        if plan == Plan::Disconnect {
+            break Ok(Some(Ending::Disconnected));
+        }
+        let units = match plan {
+            Plan::Execute(Op::Read { len, .. } | Op::Write { len, .. }) => {
+                (len as usize).div_ceil(BUDGET_UNIT).max(1)
+            }
+            _ => 1,
+        };
+        let permits = tokio::select! {
+            biased;
+            _ = stop.wait() => break Ok(Some(Ending::Stopped)),
+            permits = acquire(&in_flight, &budget, units) => permits,
+        };
+        match plan {
+            Plan::Reject { error, message } => {
+                tracing::debug!(handle, ?command, offset, len, error, %message, "NBD request refused");
+                if command == Command::Write {
+                    if len > MAX_PAYLOAD {
+                        let frame = ReplyFrame::error(handle, error, &message, shape.structured);
+                        let _ = frames.send(frame.holding(permits));
+                        break Err(TransmissionError::WriteTooLarge(len));
+                    }
+                    if let Err(e) = discard(&mut reader, len).await {
+                        break Err(e.into());
+                    }
+                }
+                let frame = ReplyFrame::error(handle, error, &message, shape.structured);
+                let _ = frames.send(frame.holding(permits));
+            }
+            Plan::Execute(op) => {
+                let payload = match op {
+                    Op::Write { len, .. } => match read_payload(&mut reader, len).await {
+                        Ok(payload) => payload,
+                        Err(e) => break Err(e.into()),
+                    },
+                    _ => Vec::new(),
+                };
+                let device = Arc::clone(&device);
+                let frames = frames.clone();
+                let structured = shape.structured;
+                tokio::task::spawn_blocking(move || {
+                    let run = || execute(&*device, op, &payload, handle, structured);
+                    let frame = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
+                        tracing::error!(
+                            handle,
+                            ?op,
+                            "block device panicked serving an NBD request"
+                        );
+                        let failure = DeviceError::Io(io::Error::other("device panicked"));
+                        ReplyFrame::error(handle, failure.errno(), "device failure", structured)
+                    });
+                    let _ = frames.send(frame.holding(permits));
+                });
+            }
+            Plan::Disconnect => break Ok(Some(Ending::Disconnected)),
+        }
+    };
+
+    // Let in-flight requests finish and their replies go out.
+    drop(frames);
+    let written = match tokio::time::timeout(DRAIN_TIMEOUT, &mut writer_task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(io::Error::other(join)),
+        Err(_) => {
+            writer_task.abort();
+            Err(io::Error::new(io::ErrorKind::TimedOut, "replies did not drain"))
+        }
+    };
+    match outcome {
+        Ok(Some(ending)) => {
+            written?;
+            Ok(ending)
+        }
+        // The writer stopped first: report why.
+        Ok(None) => Err(written.err().unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()).into()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Read one request header; false on a clean end of stream before it.
+async fn read_request<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    raw: &mut [u8; 28],
+) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < raw.len() {
+        let n = reader.read(&mut raw[filled..]).await?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(false);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+    }
+    Ok(true)
+}
+
+/// Read exactly `len` payload bytes into a buffer allocated once.
+async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<Vec<u8>> {
+    let len = len as usize;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        let remaining = (len - data.len()) as u64;
+        if (&mut *reader).take(remaining).read_buf(&mut data).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(data)
+}
+
+/// Skip the payload of a refused write without buffering it.
+async fn discard<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<()> {
+    let copied =
+        tokio::io::copy(&mut (&mut *reader).take(u64::from(len)), &mut tokio::io::sink()).await?;
+    if copied < u64::from(len) {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+async fn acquire(
+    in_flight: &Arc<Semaphore>,
+    budget: &Arc<Semaphore>,
+    units: usize,
+) -> Vec<OwnedSemaphorePermit> {
+    // Neither semaphore is ever closed, so acquiring cannot fail; an error
+    // would only mean no permit, which the caller never relies on.
+    let mut permits = Vec::with_capacity(2);
+    if let Ok(p) = Arc::clone(in_flight).acquire_owned().await {
+        permits.push(p);
+    }
+    if let Ok(p) = Arc::clone(budget).acquire_many_owned(units as u32).await {
+        permits.push(p);
+    }
+    permits
+}
+
+/// Perform one validated request on the device and build its reply.
+fn execute(
+    device: &dyn BlockDevice,
+    op: Op,
+    payload: &[u8],
+    handle: u64,
+    structured: bool,
+) -> ReplyFrame {
+    let done = || ReplyFrame::simple(handle, 0);
+    let result = match op {
+        Op::Read { offset, len, df } => {
+            let mut data = vec![0u8; len as usize];
+            device.read_at(offset, &mut data).map(|()| {
+                if structured {
+                    ReplyFrame::structured_read(handle, offset, data, df)
+                } else {
+                    ReplyFrame::simple_read(handle, data)
+                }
+            })
+        }
+        Op::Write { offset, fua, .. } => device.write_at(offset, payload, fua).map(|()| done()),
+        Op::Flush => device.flush().map(|()| done()),
+        Op::Trim { offset, len, fua } => device
+            .trim(offset, u64::from(len))
+            .and_then(|()| if fua { device.flush() } else { Ok(()) })
+            .map(|()| done()),
+        Op::WriteZeroes { offset, len, may_trim, fua } => device
+            .write_zeroes(offset, u64::from(len), may_trim)
+            .and_then(|()| if fua { device.flush() } else { Ok(()) })
+            .map(|()| done()),
+        Op::BlockStatus { offset, len, req_one } => {
+            device.block_status(offset, u64::from(len)).map(|extents| {
+                let descriptors = descriptors(&extents, len, req_one);
+                ReplyFrame::block_status(handle, BASE_ALLOCATION_ID, &descriptors)
+            })
+        }
+    };
+    result.unwrap_or_else(|e| ReplyFrame::error(handle, e.errno(), &e.to_string(), structured))
+}
+
+/// Turn a device's extents into `base:allocation` descriptors that never
+/// exceed the request, never have zero length, and number at least one.
+pub(crate) fn descriptors(extents: &[Extent], len: u32, req_one: bool) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut covered = 0u64;
+    for extent in extents.iter().take(MAX_EXTENTS) {
+        let remaining = u64::from(len) - covered;
+        if remaining == 0 {
+            break;
+        }
+        let piece = extent.len.min(remaining);
+        if piece == 0 {
+            continue;
+        }
+        let flags =
+            (if extent.hole { STATE_HOLE } else { 0 }) | (if extent.zero { STATE_ZERO } else { 0 });
+        match out.last_mut() {
+            Some((last_len, last_flags)) if *last_flags == flags => *last_len += piece as u32,
+            _ => out.push((piece as u32, flags)),
+        }
+        covered += piece;
+    }
+    if out.is_empty() {
+        // Status 0 ("allocated, contents unknown") is always truthful.
+        out.push((len, 0));
+    }
+    if req_one {
+        out.truncate(1);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHAPE: Shape =
+        Shape { size: 1 << 20, read_only: false, structured: true, block_status: true };
+
+    fn refused(plan: Plan) -> u32 {
+        match plan {
+            Plan::Reject { error, .. } => error,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_over_32_mib_are_refused_before_any_allocation() {
+        assert_eq!(refused(plan(&SHAPE, Command::Read, 0, 0, 1 << 30)), EINVAL);
+        assert_eq!(refused(plan(&SHAPE, Command::WriteZeroes, 0, 0, MAX_PAYLOAD + 1)), EINVAL);
+    }
+
+    #[test]
+    fn ranges_past_the_end_are_einval_for_reads_and_enospc_for_writes() {
+        assert_eq!(refused(plan(&SHAPE, Command::Read, 0, (1 << 20) - 1, 2)), EINVAL);
+        assert_eq!(refused(plan(&SHAPE, Command::Write, 0, 1 << 20, 1)), ENOSPC);
+        assert_eq!(refused(plan(&SHAPE, Command::Trim, 0, u64::MAX, 1)), EINVAL);
+        assert_eq!(refused(plan(&SHAPE, Command::BlockStatus, 0, 1 << 20, 1)), EINVAL);
+    }
+
+    #[test]
+    fn unknown_commands_and_flags_are_einval() {
+        assert_eq!(refused(plan(&SHAPE, Command::Unknown(5), 0, 0, 0)), EINVAL);
+        assert_eq!(refused(plan(&SHAPE, Command::Write, CMD_FLAG_REQ_ONE, 0, 1)), EINVAL);
+        let simple = Shape { structured: false, ..SHAPE };
+        assert_eq!(refused(plan(&simple, Command::Read, CMD_FLAG_DF, 0, 1)), EINVAL);
+    }
+
+    #[test]
+    fn writes_to_a_read_only_export_are_eperm() {
+        let ro = Shape { read_only: true, ..SHAPE };
+        for command in [Command::Write, Command::Trim, Command::WriteZeroes] {
+            assert_eq!(refused(plan(&ro, command, 0, 0, 1)), EPERM);
+        }
+        assert!(matches!(plan(&ro, Command::Read, 0, 0, 1), Plan::Execute(_)));
+    }
+
+    #[test]
+    fn block_status_needs_a_negotiated_context() {
+        let none = Shape { block_status: false, ..SHAPE };
+        assert_eq!(refused(plan(&none, Command::BlockStatus, 0, 0, 4096)), EINVAL);
+        assert_eq!(
+            plan(&SHAPE, Command::BlockStatus, CMD_FLAG_REQ_ONE, 0, 4096),
+            Plan::Execute(Op::BlockStatus { offset: 0, len: 4096, req_one: true })
+        );
+    }
+
+    #[test]
+    fn write_zeroes_may_trim_unless_no_hole_is_set() {
+        assert_eq!(
+            plan(&SHAPE, Command::WriteZeroes, CMD_FLAG_NO_HOLE | CMD_FLAG_FUA, 0, 4096),
+            Plan::Execute(Op::WriteZeroes { offset: 0, len: 4096, may_trim: false, fua: true })
+        );
+        assert_eq!(
+            plan(&SHAPE, Command::WriteZeroes, 0, 0, 4096),
+            Plan::Execute(Op::WriteZeroes { offset: 0, len: 4096, may_trim: true, fua: false })
+        );
+    }
+
+    #[test]
+    fn flush_ignores_offset_and_disconnect_needs_nothing() {
+        assert_eq!(plan(&SHAPE, Command::Flush, 0, u64::MAX, 7), Plan::Execute(Op::Flush));
+        assert_eq!(plan(&SHAPE, Command::Disconnect, 0, 0, 0), Plan::Disconnect);
+    }
+
+    fn extent(len: u64, hole: bool) -> Extent {
+        Extent { len, hole, zero: hole }
+    }
+
+    #[test]
+    fn descriptors_are_clipped_to_the_request_and_merged() {
+        let extents = [extent(4096, false), extent(4096, false), extent(1 << 20, true)];
+        assert_eq!(descriptors(&extents, 12288, false), vec![(8192, 0), (4096, 3)]);
+        assert_eq!(descriptors(&extents, 12288, true), vec![(8192, 0)]);
+    }
+
+    #[test]
+    fn an_empty_device_answer_becomes_one_unknown_descriptor() {
+        assert_eq!(descriptors(&[], 512, false), vec![(512, 0)]);
+        assert_eq!(descriptors(&[extent(0, true)], 512, false), vec![(512, 0)]);
+    }
+}

@@ -48,6 +48,7 @@ mod recovery;
 mod region;
 mod superblock;
 mod sys;
+mod window;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,7 @@ pub use error::{ErrorKind, PoolError, Result};
 pub use file_media::MappedMedia;
 pub use media::{Media, MediaKind};
 pub use region::{validate_name, Extent, RegionKind, MAX_NAME_LEN};
+pub use window::MediaWindow;
 
 use catalog::Catalog;
 use journal::{Change, Cursor};
@@ -353,6 +355,32 @@ impl Pool {
     /// Create a region of `size` bytes (rounded up to whole pages). Its
     /// pages read as zeros.
     pub fn create_region(&self, name: &str, kind: RegionKind, size: u64) -> Result<RegionInfo> {
+        self.create_region_with_attrs(name, kind, size, BTreeMap::new())
+    }
+
+    /// Create a region that carries `attrs` from its first moment (one
+    /// atomic change, so no crash leaves it without them).
+    pub fn create_region_with_attrs(
+        &self,
+        name: &str,
+        kind: RegionKind,
+        size: u64,
+        attrs: BTreeMap<String, String>,
+    ) -> Result<RegionInfo> {
+        for key in attrs.keys() {
+            validate_attr_key(key).map_err(|reason| PoolError::InvalidAttribute {
+                name: name.to_string(),
+                key: key.clone(),
+                reason,
+            })?;
+        }
+        if serde_json::to_string(&attrs).map_or(usize::MAX, |s| s.len()) > MAX_ATTR_BYTES {
+            return Err(PoolError::InvalidAttribute {
+                name: name.to_string(),
+                key: String::new(),
+                reason: "the region's attributes would exceed 4 KiB",
+            });
+        }
         validate_name(name)
             .map_err(|reason| PoolError::InvalidName { name: name.to_string(), reason })?;
         let pages = Self::pages_for(size)?;
@@ -367,7 +395,7 @@ impl Pool {
             kind,
             created_unix: now_unix(),
             extents: extents.clone(),
-            attrs: BTreeMap::new(),
+            attrs,
         };
         self.prepare_and_commit(&mut st, &extents, Change::Put(entry.clone()))?;
         Ok(RegionInfo::from_entry(&entry))

@@ -1,0 +1,739 @@
+//! Elastic block regions (SPEC §5): a virtual size the client sees, a
+//! resident quota of pool frames, and a swap tier for what does not fit.
+//!
+//! A block region's pool pages are its block map (see `map.rs`) followed by
+//! its frames; the number of frames is the resident quota. Each logical
+//! 4 KiB block is unmapped (reads as zeros), resident in a frame, or swapped
+//! to a slot of the pool's swap tier. Writes to unmapped blocks take a free
+//! frame; when none is left the host evicts its coldest block (CLOCK) to
+//! swap, or fails with ENOSPC when the region has no swap. Reads of swapped
+//! blocks fault them back in.
+//!
+//! Crash consistency follows two rules (`map.rs`): data is durable in its
+//! frame or slot before a map entry points at it, and a frame or slot is
+//! reused only once the entry that left it is durable. Overwrites of a
+//! resident block go in place and become durable at the next flush, as on
+//! any disk; FUA writes and flushes persist every frame and map page they
+//! cover. The free frame list and the swap slot list are rebuilt from the
+//! map at open, so nothing leaks.
+
+mod clock;
+mod map;
+mod registry;
+mod swap;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pmvisor_blk::{check_range, BlockDevice, DeviceError, Extent as StatusExtent, MAX_EXTENTS};
+use serde::Serialize;
+
+pub use clock::{Clock, VictimPolicy};
+pub use map::BlockState;
+pub use registry::{default_swap_path, BlockRegions};
+pub use swap::{FileSwap, MediaSwap, SlotAllocator, SwapStore, SwapTier};
+
+use crate::pool::{Media, Pool, PoolError, RegionKind, PAGE_SIZE};
+
+/// Region attribute holding the virtual size in bytes.
+pub const ATTR_SIZE: &str = "block.size";
+/// Region attribute saying whether the region may use the swap tier.
+pub const ATTR_SWAP: &str = "block.swap";
+
+const NO_BLOCK: u64 = u64::MAX;
+const BLOCK: u64 = PAGE_SIZE;
+
+/// Errors of block regions.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("region {name:?} is a {kind} region, not a block region")]
+    NotBlock { name: String, kind: RegionKind },
+    #[error("the block map of region {name:?} is damaged: {detail}")]
+    Corrupt { name: String, detail: String },
+    #[error(
+        "region {name:?} cannot hold {resident} blocks in {frames} frames without a swap tier; \
+         trim data first, or create the region with --swap"
+    )]
+    QuotaTooSmall { name: String, resident: u64, frames: u64 },
+    #[error("cannot open the swap tier at {}", path.display())]
+    Swap {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid block region request: {0}")]
+    Invalid(String),
+    #[error("block I/O on region {name:?} failed")]
+    Device {
+        name: String,
+        #[source]
+        source: DeviceError,
+    },
+}
+
+/// What a new block region looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// Virtual size in bytes (whole 4 KiB blocks).
+    pub size: u64,
+    /// Resident quota in bytes (whole 4 KiB frames).
+    pub resident: u64,
+    /// Whether evicted blocks may go to the swap tier.
+    pub swap: bool,
+}
+
+/// Counters and occupancy of a block region.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlockStats {
+    pub size: u64,
+    pub resident_quota: u64,
+    pub resident_blocks: u64,
+    pub swapped_blocks: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub faults: u64,
+    pub evictions: u64,
+    /// Memory residence ratio: resident / (resident + swapped).
+    pub mrr: f64,
+    pub swap: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    faults: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// Where each run of region pages lies on the medium.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// (first region page, first medium byte, pages), by region page.
+    runs: Vec<(u64, u64, u64)>,
+}
+
+impl Layout {
+    fn new(extents: &[crate::pool::Extent]) -> Layout {
+        let mut at = 0;
+        let runs = extents
+            .iter()
+            .map(|e| {
+                let run = (at, e.start * PAGE_SIZE, e.count);
+                at += e.count;
+                run
+            })
+            .collect();
+        Layout { runs }
+    }
+
+    fn offset(&self, page: u64) -> u64 {
+        let i = self.runs.partition_point(|r| r.0 <= page) - 1;
+        let (first, base, _) = self.runs[i];
+        base + (page - first) * PAGE_SIZE
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    layout: Layout,
+    frames: u64,
+    map: Vec<u64>,
+    owner: Vec<u64>,
+    free: Vec<u64>,
+    policy: Box<dyn VictimPolicy>,
+    dirty_frames: BTreeSet<u64>,
+    dirty_map_pages: BTreeSet<u64>,
+}
+
+/// An open block region; implements [`BlockDevice`] for the transports.
+#[derive(Debug)]
+pub struct BlockRegion {
+    pool: Arc<Pool>,
+    name: String,
+    size: u64,
+    map_pages: u64,
+    media: Arc<dyn Media>,
+    swap: Option<Arc<SwapTier>>,
+    state: Mutex<State>,
+    counters: Counters,
+}
+
+fn io(source: std::io::Error) -> DeviceError {
+    DeviceError::Io(source)
+}
+
+impl BlockRegion {
+    /// Create a block region in `pool`: the map and `spec.resident` bytes
+    /// of frames are allocated now; every block starts unmapped.
+    pub fn create(pool: &Pool, name: &str, spec: BlockSpec) -> Result<(), BlockError> {
+        if spec.size == 0 || spec.size % BLOCK != 0 {
+            return Err(BlockError::Invalid(format!(
+                "the virtual size must be a positive multiple of 4 KiB, not {}",
+                spec.size
+            )));
+        }
+        let frames = spec.resident.div_ceil(BLOCK);
+        let pages = map::map_pages(spec.size / BLOCK) + frames;
+        let attrs = BTreeMap::from([
+            (ATTR_SIZE.to_string(), spec.size.to_string()),
+            (ATTR_SWAP.to_string(), spec.swap.to_string()),
+        ]);
+        pool.create_region_with_attrs(name, RegionKind::Block, pages * PAGE_SIZE, attrs)?;
+        Ok(())
+    }
+
+    /// Whether a region's attributes ask for the swap tier.
+    pub fn wants_swap(attrs: &BTreeMap<String, String>) -> bool {
+        attrs.get(ATTR_SWAP).is_some_and(|v| v == "true")
+    }
+
+    /// Open block region `name`. Every swapped block's slot is claimed in
+    /// `swap`'s allocator, so open all block regions of a pool before any
+    /// of them takes new slots (`BlockRegions` does).
+    pub fn open(
+        pool: Arc<Pool>,
+        name: &str,
+        swap: Option<Arc<SwapTier>>,
+    ) -> Result<BlockRegion, BlockError> {
+        let info = pool.region(name)?;
+        if info.kind != RegionKind::Block {
+            return Err(BlockError::NotBlock { name: name.to_string(), kind: info.kind });
+        }
+        let corrupt = |detail: String| BlockError::Corrupt { name: name.to_string(), detail };
+        let size: u64 = info
+            .attrs
+            .get(ATTR_SIZE)
+            .and_then(|s| s.parse().ok())
+            .filter(|s| s % BLOCK == 0 && *s > 0)
+            .ok_or_else(|| corrupt(format!("its {ATTR_SIZE} attribute is missing or invalid")))?;
+        let blocks = size / BLOCK;
+        let map_pages = map::map_pages(blocks);
+        let pages = info.size / PAGE_SIZE;
+        let frames = pages
+            .checked_sub(map_pages)
+            .ok_or_else(|| corrupt(format!("{pages} pages cannot hold a {map_pages}-page map")))?;
+        let layout = Layout::new(&info.extents);
+        let media = pool.media().clone();
+
+        let mut raw = vec![0u8; (blocks * map::ENTRY_SIZE) as usize];
+        for page in 0..map_pages {
+            let start = (page * PAGE_SIZE) as usize;
+            let end = (start + PAGE_SIZE as usize).min(raw.len());
+            media.read(layout.offset(page), &mut raw[start..end]).map_err(|e| {
+                BlockError::Device { name: name.to_string(), source: DeviceError::Io(e) }
+            })?;
+        }
+        let map: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let mut owner = vec![NO_BLOCK; frames as usize];
+        let mut claimed = Vec::new();
+        for (block, &entry) in map.iter().enumerate() {
+            match BlockState::decode(entry) {
+                None => {
+                    return Err(corrupt(format!("block {block} has an invalid entry {entry:#x}")))
+                }
+                Some(BlockState::Unmapped) => {}
+                Some(BlockState::Resident(f)) => {
+                    let slot = owner.get_mut(f as usize).ok_or_else(|| {
+                        corrupt(format!("block {block} names frame {f} of {frames}"))
+                    })?;
+                    if *slot != NO_BLOCK {
+                        return Err(corrupt(format!(
+                            "blocks {} and {block} share frame {f}",
+                            *slot
+                        )));
+                    }
+                    *slot = block as u64;
+                }
+                Some(BlockState::Swapped(s)) => claimed.push((block, s)),
+            }
+        }
+        if !claimed.is_empty() {
+            let tier = swap.as_ref().ok_or_else(|| {
+                corrupt(format!("{} blocks are swapped but no swap tier was given", claimed.len()))
+            })?;
+            let mut slots = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
+            for (block, s) in claimed {
+                if !slots.claim(s) {
+                    return Err(corrupt(format!(
+                        "block {block} names swap slot {s}, already in use"
+                    )));
+                }
+            }
+        }
+        let free = (0..frames).rev().filter(|&f| owner[f as usize] == NO_BLOCK).collect();
+        Ok(BlockRegion {
+            pool,
+            name: name.to_string(),
+            size,
+            map_pages,
+            media,
+            swap,
+            state: Mutex::new(State {
+                layout,
+                frames,
+                map,
+                owner,
+                free,
+                policy: Box::new(Clock::new(frames)),
+                dirty_frames: BTreeSet::new(),
+                dirty_map_pages: BTreeSet::new(),
+            }),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counters and occupancy.
+    pub fn stats(&self) -> BlockStats {
+        let st = self.lock();
+        let resident = st.frames - st.free.len() as u64;
+        let swapped = st
+            .map
+            .iter()
+            .filter(|&&e| matches!(BlockState::decode(e), Some(BlockState::Swapped(_))))
+            .count() as u64;
+        BlockStats {
+            size: self.size,
+            resident_quota: st.frames * BLOCK,
+            resident_blocks: resident,
+            swapped_blocks: swapped,
+            reads: self.counters.reads.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+            faults: self.counters.faults.load(Ordering::Relaxed),
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
+            mrr: if resident + swapped == 0 {
+                1.0
+            } else {
+                resident as f64 / (resident + swapped) as f64
+            },
+            swap: self.swap.is_some(),
+        }
+    }
+
+    /// Where each block lives now (tests and tools).
+    pub fn block_state(&self, block: u64) -> Option<BlockState> {
+        self.lock().map.get(block as usize).and_then(|&e| BlockState::decode(e))
+    }
+
+    fn frame_offset(&self, st: &State, frame: u64) -> u64 {
+        st.layout.offset(self.map_pages + frame)
+    }
+
+    fn entry_offset(&self, st: &State, block: u64) -> (u64, u64) {
+        let byte = block * map::ENTRY_SIZE;
+        let page = byte / PAGE_SIZE;
+        (st.layout.offset(page) + byte % PAGE_SIZE, page)
+    }
+
+    /// Point `block` at `state`; `durable` persists the entry now.
+    fn set_entry(
+        &self,
+        st: &mut State,
+        block: u64,
+        state: BlockState,
+        durable: bool,
+    ) -> Result<(), DeviceError> {
+        let raw = state.encode();
+        st.map[block as usize] = raw;
+        let (at, page) = self.entry_offset(st, block);
+        self.media.write(at, &raw.to_le_bytes()).map_err(io)?;
+        if durable {
+            self.media.persist(at, map::ENTRY_SIZE).map_err(io)
+        } else {
+            st.dirty_map_pages.insert(page);
+            Ok(())
+        }
+    }
+
+    /// A free frame, evicting the coldest block when there is none.
+    fn take_frame(&self, st: &mut State) -> Result<u64, DeviceError> {
+        if let Some(frame) = st.free.pop() {
+            return Ok(frame);
+        }
+        self.evict_one(st)
+    }
+
+    fn evict_one(&self, st: &mut State) -> Result<u64, DeviceError> {
+        let tier = self.swap.as_ref().ok_or(DeviceError::NoSpace)?;
+        let frames = st.frames;
+        let owner = &st.owner;
+        let frame = st
+            .policy
+            .choose(&|f| owner.get(f as usize).is_some_and(|&b| b != NO_BLOCK), frames)
+            .ok_or(DeviceError::NoSpace)?;
+        self.evict_frame(st, tier, frame)?;
+        Ok(frame)
+    }
+
+    /// Move the block in `frame` to a swap slot; the frame is then unowned
+    /// (the caller uses or frees it).
+    fn evict_frame(&self, st: &mut State, tier: &SwapTier, frame: u64) -> Result<(), DeviceError> {
+        let block = st.owner[frame as usize];
+        let mut data = vec![0u8; BLOCK as usize];
+        self.media.read(self.frame_offset(st, frame), &mut data).map_err(io)?;
+        let slot = tier.slots.lock().unwrap_or_else(|p| p.into_inner()).allocate();
+        let stored = tier.store.write_slot(slot, &data).and_then(|()| tier.store.sync());
+        if let Err(e) = stored {
+            tier.slots.lock().unwrap_or_else(|p| p.into_inner()).release(slot);
+            return Err(io(e));
+        }
+        self.set_entry(st, block, BlockState::Swapped(slot), true)?;
+        st.owner[frame as usize] = NO_BLOCK;
+        st.policy.forget(frame);
+        st.dirty_frames.remove(&frame);
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Put `block` (now in `from`) into a new frame holding `data`; the
+    /// entry is durable on return. Frees `from`'s slot.
+    fn install(
+        &self,
+        st: &mut State,
+        block: u64,
+        data: &[u8],
+        swapped_from: Option<u64>,
+    ) -> Result<u64, DeviceError> {
+        let frame = self.take_frame(st)?;
+        let at = self.frame_offset(st, frame);
+        let placed = self
+            .media
+            .write(at, data)
+            .and_then(|()| self.media.persist(at, BLOCK))
+            .map_err(io)
+            .and_then(|()| {
+                self.set_entry(st, block, BlockState::Resident(frame), swapped_from.is_some())
+            });
+        if let Err(e) = placed {
+            st.free.push(frame);
+            return Err(e);
+        }
+        st.owner[frame as usize] = block;
+        st.policy.touch(frame);
+        if let (Some(slot), Some(tier)) = (swapped_from, &self.swap) {
+            tier.slots.lock().unwrap_or_else(|p| p.into_inner()).release(slot);
+            tier.store.discard_slot(slot);
+        }
+        Ok(frame)
+    }
+
+    /// The frame of `block`, faulting it in from swap; `None` if unmapped.
+    fn resident_frame(&self, st: &mut State, block: u64) -> Result<Option<u64>, DeviceError> {
+        match BlockState::decode(st.map[block as usize]) {
+            Some(BlockState::Resident(frame)) => {
+                st.policy.touch(frame);
+                Ok(Some(frame))
+            }
+            Some(BlockState::Unmapped) => Ok(None),
+            Some(BlockState::Swapped(slot)) => {
+                let tier = self.swap.as_ref().ok_or(DeviceError::Io(std::io::Error::other(
+                    "a swapped block without a swap tier",
+                )))?;
+                let mut data = vec![0u8; BLOCK as usize];
+                tier.store.read_slot(slot, &mut data).map_err(io)?;
+                let frame = self.install(st, block, &data, Some(slot))?;
+                self.counters.faults.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(frame))
+            }
+            None => Err(DeviceError::Io(std::io::Error::other("corrupt block map entry"))),
+        }
+    }
+
+    /// Unmap `block` durably and free what it owned.
+    fn unmap(&self, st: &mut State, block: u64) -> Result<(), DeviceError> {
+        let old = BlockState::decode(st.map[block as usize]);
+        if old == Some(BlockState::Unmapped) {
+            return Ok(());
+        }
+        self.set_entry(st, block, BlockState::Unmapped, true)?;
+        match old {
+            Some(BlockState::Resident(frame)) => {
+                st.owner[frame as usize] = NO_BLOCK;
+                st.policy.forget(frame);
+                st.dirty_frames.remove(&frame);
+                st.free.push(frame);
+                let at = self.frame_offset(st, frame);
+                let _ = self.media.discard(at, BLOCK);
+            }
+            Some(BlockState::Swapped(slot)) => {
+                if let Some(tier) = &self.swap {
+                    tier.slots.lock().unwrap_or_else(|p| p.into_inner()).release(slot);
+                    tier.store.discard_slot(slot);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Write `data` into `block` at byte `within`.
+    fn write_block(
+        &self,
+        st: &mut State,
+        block: u64,
+        within: u64,
+        data: &[u8],
+    ) -> Result<(), DeviceError> {
+        let whole = within == 0 && data.len() as u64 == BLOCK;
+        let current = BlockState::decode(st.map[block as usize]);
+        let frame = match current {
+            Some(BlockState::Resident(_)) => self.resident_frame(st, block)?,
+            Some(BlockState::Swapped(slot)) if whole => {
+                // Overwritten whole: no need to read the old data back.
+                self.install(st, block, data, Some(slot))?;
+                return Ok(());
+            }
+            Some(BlockState::Swapped(_)) => self.resident_frame(st, block)?,
+            _ => None,
+        };
+        match frame {
+            Some(frame) => {
+                let at = self.frame_offset(st, frame) + within;
+                self.media.write(at, data).map_err(io)?;
+                st.dirty_frames.insert(frame);
+                Ok(())
+            }
+            None => {
+                let mut full = vec![0u8; BLOCK as usize];
+                full[within as usize..within as usize + data.len()].copy_from_slice(data);
+                self.install(st, block, &full, None).map(drop)
+            }
+        }
+    }
+
+    /// Persist every dirty frame and map page, in as few ranges as possible.
+    fn flush_locked(&self, st: &mut State) -> Result<(), DeviceError> {
+        let mut ranges: Vec<u64> = st
+            .dirty_frames
+            .iter()
+            .map(|&f| self.frame_offset(st, f))
+            .chain(st.dirty_map_pages.iter().map(|&p| st.layout.offset(p)))
+            .collect();
+        ranges.sort_unstable();
+        let mut i = 0;
+        while i < ranges.len() {
+            let start = ranges[i];
+            let mut end = start + PAGE_SIZE;
+            i += 1;
+            while i < ranges.len() && ranges[i] == end {
+                end += PAGE_SIZE;
+                i += 1;
+            }
+            self.media.flush(start, end - start).map_err(io)?;
+        }
+        self.media.barrier().map_err(io)?;
+        st.dirty_frames.clear();
+        st.dirty_map_pages.clear();
+        Ok(())
+    }
+
+    /// Change the resident quota to `resident` bytes (whole frames). A
+    /// shrink evicts the coldest blocks (CLOCK) to swap and compacts the
+    /// rest into the remaining frames before the pool pages are freed.
+    pub fn set_resident_quota(&self, resident: u64) -> Result<(), BlockError> {
+        let device = |source| BlockError::Device { name: self.name.clone(), source };
+        let new_frames = resident.div_ceil(BLOCK);
+        let mut st = self.lock();
+        let old_frames = st.frames;
+        if new_frames > old_frames {
+            let info =
+                self.pool.resize_region(&self.name, (self.map_pages + new_frames) * PAGE_SIZE)?;
+            st.layout = Layout::new(&info.extents);
+            st.owner.resize(new_frames as usize, NO_BLOCK);
+            st.free.extend((old_frames..new_frames).rev());
+            st.policy.resize(new_frames);
+            st.frames = new_frames;
+            return Ok(());
+        }
+        if new_frames == old_frames {
+            return Ok(());
+        }
+        let resident_now = old_frames - st.free.len() as u64;
+        if resident_now > new_frames {
+            let Some(tier) = self.swap.clone() else {
+                return Err(BlockError::QuotaTooSmall {
+                    name: self.name.clone(),
+                    resident: resident_now,
+                    frames: new_frames,
+                });
+            };
+            for _ in new_frames..resident_now {
+                let frame = self.evict_one(&mut st).map_err(device)?;
+                st.free.push(frame);
+            }
+            let _ = tier;
+        }
+        // Compact: move blocks in frames past the new end into free frames
+        // below it, each move durable before its old frame is let go.
+        let mut low_free: Vec<u64> = st.free.iter().copied().filter(|&f| f < new_frames).collect();
+        for frame in new_frames..old_frames {
+            let block = st.owner[frame as usize];
+            if block == NO_BLOCK {
+                continue;
+            }
+            let target = low_free.pop().expect("enough free frames below the new quota");
+            let mut data = vec![0u8; BLOCK as usize];
+            self.media
+                .read(self.frame_offset(&st, frame), &mut data)
+                .map_err(io)
+                .map_err(device)?;
+            let at = self.frame_offset(&st, target);
+            self.media
+                .write(at, &data)
+                .and_then(|()| self.media.persist(at, BLOCK))
+                .map_err(io)
+                .map_err(device)?;
+            self.set_entry(&mut st, block, BlockState::Resident(target), true).map_err(device)?;
+            st.owner[target as usize] = block;
+            st.owner[frame as usize] = NO_BLOCK;
+            st.policy.touch(target);
+            if st.dirty_frames.remove(&frame) {
+                st.dirty_frames.insert(target);
+            }
+        }
+        self.flush_locked(&mut st).map_err(device)?;
+        let info =
+            self.pool.resize_region(&self.name, (self.map_pages + new_frames) * PAGE_SIZE)?;
+        st.layout = Layout::new(&info.extents);
+        st.owner.truncate(new_frames as usize);
+        st.free = (0..new_frames).rev().filter(|&f| st.owner[f as usize] == NO_BLOCK).collect();
+        st.policy.resize(new_frames);
+        st.frames = new_frames;
+        Ok(())
+    }
+
+    /// Give every swap slot this region holds back to the tier (after the
+    /// region was deleted).
+    fn release_swap(&self) {
+        let Some(tier) = &self.swap else { return };
+        let st = self.lock();
+        let mut slots = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for &entry in &st.map {
+            if let Some(BlockState::Swapped(slot)) = BlockState::decode(entry) {
+                slots.release(slot);
+                tier.store.discard_slot(slot);
+            }
+        }
+    }
+
+    /// Blocks `offset..offset+len` as (block, byte within, length) pieces.
+    fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+        let end = offset + len;
+        let mut pos = offset;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let block = pos / BLOCK;
+            let within = pos % BLOCK;
+            let n = (BLOCK - within).min(end - pos);
+            pos += n;
+            Some((block, within, n))
+        })
+    }
+}
+
+impl BlockDevice for BlockRegion {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        let mut st = self.lock();
+        let mut done = 0usize;
+        for (block, within, n) in Self::pieces(offset, buf.len() as u64) {
+            let piece = &mut buf[done..done + n as usize];
+            match self.resident_frame(&mut st, block)? {
+                Some(frame) => {
+                    self.media.read(self.frame_offset(&st, frame) + within, piece).map_err(io)?
+                }
+                None => piece.fill(0),
+            }
+            done += n as usize;
+        }
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+        check_range(offset, data.len() as u64, self.size)?;
+        let mut st = self.lock();
+        let mut done = 0usize;
+        for (block, within, n) in Self::pieces(offset, data.len() as u64) {
+            self.write_block(&mut st, block, within, &data[done..done + n as usize])?;
+            done += n as usize;
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        if fua {
+            self.flush_locked(&mut st)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), DeviceError> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st)
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        check_range(offset, len, self.size)?;
+        let mut st = self.lock();
+        for (block, within, n) in Self::pieces(offset, len) {
+            if n == BLOCK {
+                self.unmap(&mut st, block)?;
+            } else if BlockState::decode(st.map[block as usize]) != Some(BlockState::Unmapped) {
+                self.write_block(&mut st, block, within, &vec![0u8; n as usize])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> Result<(), DeviceError> {
+        if may_trim {
+            return self.trim(offset, len);
+        }
+        check_range(offset, len, self.size)?;
+        let mut st = self.lock();
+        let zeros = vec![0u8; BLOCK as usize];
+        for (block, within, n) in Self::pieces(offset, len) {
+            self.write_block(&mut st, block, within, &zeros[..n as usize])?;
+        }
+        Ok(())
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> Result<Vec<StatusExtent>, DeviceError> {
+        check_range(offset, len, self.size)?;
+        let st = self.lock();
+        let mut out: Vec<StatusExtent> = Vec::new();
+        for (block, _, n) in Self::pieces(offset, len) {
+            let hole = st.map[block as usize] == 0;
+            if let Some(last) = out.last_mut().filter(|last| last.hole == hole) {
+                last.len += n;
+            } else if out.len() < MAX_EXTENTS {
+                out.push(StatusExtent { len: n, hole, zero: hole });
+            } else {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

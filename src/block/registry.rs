@@ -1,0 +1,84 @@
+//! `BlockRegions`: every block region of a pool, opened together so that
+//! the swap tier's slot list is complete before any region takes a slot.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{BlockError, BlockRegion, BlockSpec, FileSwap, SwapTier};
+use crate::pool::{Pool, RegionKind};
+
+/// The open block regions of one pool and its swap tier.
+#[derive(Debug)]
+pub struct BlockRegions {
+    pool: Arc<Pool>,
+    swap: Arc<SwapTier>,
+    regions: Mutex<BTreeMap<String, Arc<BlockRegion>>>,
+}
+
+/// The swap file a pool uses unless told otherwise: beside the pool.
+pub fn default_swap_path(pool: &Path) -> PathBuf {
+    let mut name = pool.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "pool".into());
+    name.push(".swap");
+    match pool.parent() {
+        // A device pool (/dev/pmem0) keeps its swap in the state directory.
+        Some(dir) if !dir.starts_with("/dev") => dir.join(name),
+        _ => PathBuf::from("/var/lib/pmvisor").join(name),
+    }
+}
+
+impl BlockRegions {
+    /// Open every block region of `pool`, with the swap tier at `swap_path`
+    /// (created on demand).
+    pub fn open_file_swap(pool: Arc<Pool>, swap_path: &Path) -> Result<BlockRegions, BlockError> {
+        let store = FileSwap::open(swap_path)
+            .map_err(|source| BlockError::Swap { path: swap_path.to_path_buf(), source })?;
+        Self::open(pool, SwapTier::new(Box::new(store)))
+    }
+
+    /// Open every block region of `pool` over the given swap tier.
+    pub fn open(pool: Arc<Pool>, swap: Arc<SwapTier>) -> Result<BlockRegions, BlockError> {
+        let mut regions = BTreeMap::new();
+        for info in pool.regions().into_iter().filter(|r| r.kind == RegionKind::Block) {
+            let tier = BlockRegion::wants_swap(&info.attrs).then(|| swap.clone());
+            let region = BlockRegion::open(pool.clone(), &info.name, tier)?;
+            regions.insert(info.name, Arc::new(region));
+        }
+        Ok(BlockRegions { pool, swap, regions: Mutex::new(regions) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<BlockRegion>>> {
+        self.regions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Create and open a block region.
+    pub fn create(&self, name: &str, spec: BlockSpec) -> Result<Arc<BlockRegion>, BlockError> {
+        let mut regions = self.lock();
+        BlockRegion::create(&self.pool, name, spec)?;
+        let tier = spec.swap.then(|| self.swap.clone());
+        let region = Arc::new(BlockRegion::open(self.pool.clone(), name, tier)?);
+        regions.insert(name.to_string(), region.clone());
+        Ok(region)
+    }
+
+    /// The open block region `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<BlockRegion>> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Names of the open block regions.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Delete block region `name`: its swap slots are freed with it.
+    pub fn delete(&self, name: &str) -> Result<(), BlockError> {
+        let mut regions = self.lock();
+        let region = regions.remove(name);
+        self.pool.delete_region(name)?;
+        if let Some(region) = region {
+            region.release_swap();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,323 @@
+//! Block region tests: behaviour against a byte model, and crash tests that
+//! stop write/evict/fault/discard/flush sequences at every persist point.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use pmvisor_blk::{BlockDevice, DeviceError};
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::pool::crash::{CrashMedia, TearGranularity};
+use crate::pool::{MediaWindow, OpenMode};
+
+const POOL: u64 = 2 << 20;
+const SWAP_SLOTS: u64 = 64;
+
+/// A pool and a swap tier in windows of one crash medium.
+fn rig(media: Arc<CrashMedia>) -> (Arc<Pool>, Arc<SwapTier>) {
+    let pool_media = Arc::new(MediaWindow::new(media.clone(), 0, POOL).unwrap());
+    let swap = MediaSwap::new(media, POOL, SWAP_SLOTS);
+    let pool = Pool::open_media(pool_media, Path::new("block.pool"), OpenMode::ReadWrite).unwrap();
+    (Arc::new(pool), SwapTier::new(Box::new(swap)))
+}
+
+fn fresh() -> Vec<u8> {
+    let media = Arc::new(CrashMedia::new(POOL + SWAP_SLOTS * BLOCK, TearGranularity::Nvram));
+    let window = Arc::new(MediaWindow::new(media.clone(), 0, POOL).unwrap());
+    Pool::format(window, Path::new("block.pool"), POOL, Some(16 << 10)).unwrap();
+    media.durable_image()
+}
+
+fn region(image: Vec<u8>, spec: Option<BlockSpec>) -> (Arc<CrashMedia>, BlockRegions) {
+    let media = Arc::new(CrashMedia::from_image(image, TearGranularity::Nvram));
+    let (pool, swap) = rig(media.clone());
+    let regions = BlockRegions::open(pool, swap).unwrap();
+    if let Some(spec) = spec {
+        regions.create("disk", spec).unwrap();
+    }
+    (media, regions)
+}
+
+fn pattern(block: u64, version: u64) -> Vec<u8> {
+    let word = (block << 32) | version;
+    (0..BLOCK / 8).flat_map(|_| word.to_le_bytes()).collect()
+}
+
+#[test]
+fn unmapped_blocks_read_as_zeros_and_writes_read_back() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 64 * BLOCK, resident: 8 * BLOCK, swap: false }));
+    let disk = regions.get("disk").unwrap();
+    let mut buf = vec![1u8; 10_000];
+    disk.read_at(5, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    disk.write_at(4090, b"spans two blocks", false).unwrap();
+    let mut got = [0u8; 16];
+    disk.read_at(4090, &mut got).unwrap();
+    assert_eq!(&got, b"spans two blocks");
+    assert_eq!(disk.stats().resident_blocks, 2);
+}
+
+#[test]
+fn a_full_quota_without_swap_fails_with_no_space() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 64 * BLOCK, resident: 2 * BLOCK, swap: false }));
+    let disk = regions.get("disk").unwrap();
+    disk.write_at(0, &[1; 8192], false).unwrap();
+    assert!(matches!(disk.write_at(8192, &[1; 10], false), Err(DeviceError::NoSpace)));
+    disk.trim(0, 4096).unwrap();
+    disk.write_at(8192, &[1; 10], false).unwrap();
+}
+
+#[test]
+fn a_working_set_larger_than_the_quota_swaps_and_faults_without_losing_data() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 32 * BLOCK, resident: 4 * BLOCK, swap: true }));
+    let disk = regions.get("disk").unwrap();
+    let mut model = vec![0u8; 32 * BLOCK as usize];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    for i in 0..400u64 {
+        let offset = rng.gen_range(0..32 * BLOCK - 9000);
+        let len = rng.gen_range(1..9000usize);
+        match i % 5 {
+            0..=2 => {
+                let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                disk.write_at(offset, &data, i % 7 == 0).unwrap();
+                model[offset as usize..offset as usize + len].copy_from_slice(&data);
+            }
+            3 => {
+                let mut got = vec![0u8; len];
+                disk.read_at(offset, &mut got).unwrap();
+                assert_eq!(got, &model[offset as usize..offset as usize + len], "read {i}");
+            }
+            _ => {
+                disk.trim(offset, len as u64).unwrap();
+                model[offset as usize..offset as usize + len].fill(0);
+            }
+        }
+    }
+    let stats = disk.stats();
+    assert!(stats.evictions > 0 && stats.faults > 0, "{stats:?}");
+    assert!(stats.resident_blocks <= 4);
+    assert!(stats.mrr < 1.0);
+    let mut all = vec![0u8; model.len()];
+    disk.read_at(0, &mut all).unwrap();
+    assert_eq!(all, model);
+}
+
+#[test]
+fn block_status_reports_holes_and_data_as_they_are() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 16 * BLOCK, resident: 16 * BLOCK, swap: false }));
+    let disk = regions.get("disk").unwrap();
+    disk.write_at(2 * BLOCK, &[7; 8192], false).unwrap();
+    disk.write_at(10 * BLOCK, &[7; 10], false).unwrap();
+    disk.trim(3 * BLOCK, BLOCK).unwrap();
+    let got: Vec<(u64, bool)> =
+        disk.block_status(0, 16 * BLOCK).unwrap().iter().map(|e| (e.len / BLOCK, e.hole)).collect();
+    assert_eq!(got, vec![(2, true), (1, false), (7, true), (1, false), (5, true)]);
+}
+
+#[test]
+fn quota_shrink_and_grow_keep_every_block() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 32 * BLOCK, resident: 16 * BLOCK, swap: true }));
+    let disk = regions.get("disk").unwrap();
+    for b in 0..16 {
+        disk.write_at(b * BLOCK, &pattern(b, 1), false).unwrap();
+    }
+    disk.set_resident_quota(5 * BLOCK).unwrap();
+    assert_eq!(disk.stats().resident_blocks, 5);
+    assert_eq!(disk.stats().swapped_blocks, 11);
+    assert_eq!(disk.stats().resident_quota, 5 * BLOCK);
+    disk.set_resident_quota(20 * BLOCK).unwrap();
+    for b in 0..16 {
+        let mut got = vec![0u8; BLOCK as usize];
+        disk.read_at(b * BLOCK, &mut got).unwrap();
+        assert_eq!(got, pattern(b, 1), "block {b}");
+    }
+    assert!(regions.get("disk").unwrap().stats().faults >= 11);
+}
+
+#[test]
+fn quota_shrink_without_swap_is_refused_when_data_would_not_fit() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 32 * BLOCK, resident: 8 * BLOCK, swap: false }));
+    let disk = regions.get("disk").unwrap();
+    disk.write_at(0, &vec![1u8; 6 * BLOCK as usize], false).unwrap();
+    let err = disk.set_resident_quota(4 * BLOCK).unwrap_err();
+    assert!(err.to_string().contains("cannot hold 6 blocks in 4 frames without a swap tier"));
+    disk.set_resident_quota(6 * BLOCK).unwrap();
+    let mut got = vec![0u8; 6 * BLOCK as usize];
+    disk.read_at(0, &mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 1));
+}
+
+/// What the crash test expects of each block after a crash.
+#[derive(Debug, Clone, Default)]
+struct Expect {
+    /// Content at the last completed flush (None: never flushed = zeros ok).
+    flushed: Option<u64>,
+    /// Versions written since that flush (any may have landed, torn).
+    pending: BTreeSet<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Write(u64, u64),
+    WriteFua(u64, u64),
+    Read(u64),
+    Trim(u64),
+    Flush,
+    Shrink(u64),
+    Grow(u64),
+}
+
+fn script() -> Vec<Step> {
+    use Step::*;
+    let mut steps = Vec::new();
+    for b in 0..6 {
+        steps.push(Write(b, 1));
+    }
+    steps.push(Flush);
+    // Beyond the 4-frame quota: evictions to swap.
+    for b in 6..10 {
+        steps.push(Write(b, 1));
+    }
+    steps.extend([Read(0), Read(1), WriteFua(2, 2), Trim(3), Flush, Write(0, 3), Read(7)]);
+    steps.extend([Shrink(2), Read(5), Write(11, 1), Flush, Grow(6), Trim(6), Read(9), Flush]);
+    steps.extend([WriteFua(3, 4), Write(4, 4)]);
+    steps
+}
+
+fn run_step(disk: &BlockRegion, step: Step) -> Result<(), String> {
+    let e = |e: DeviceError| e.to_string();
+    match step {
+        Step::Write(b, v) => disk.write_at(b * BLOCK, &pattern(b, v), false).map_err(e),
+        Step::WriteFua(b, v) => disk.write_at(b * BLOCK, &pattern(b, v), true).map_err(e),
+        Step::Read(b) => disk.read_at(b * BLOCK, &mut vec![0u8; BLOCK as usize]).map_err(e),
+        Step::Trim(b) => disk.trim(b * BLOCK, BLOCK).map_err(e),
+        Step::Flush => disk.flush().map_err(e),
+        Step::Shrink(f) | Step::Grow(f) => {
+            disk.set_resident_quota(f * BLOCK).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Apply a step that completed to the expectations.
+fn expect_after(expect: &mut BTreeMap<u64, Expect>, step: Step) {
+    match step {
+        Step::Write(b, v) => {
+            expect.entry(b).or_default().pending.insert(v);
+        }
+        Step::WriteFua(b, v) => {
+            // Durable on return; earlier pending writes are overwritten.
+            *expect.entry(b).or_default() = Expect { flushed: Some(v), pending: BTreeSet::new() };
+        }
+        Step::Trim(b) => {
+            *expect.entry(b).or_default() = Expect { flushed: Some(0), pending: BTreeSet::new() };
+        }
+        Step::Flush => {
+            for e in expect.values_mut() {
+                if let Some(&last) = e.pending.last() {
+                    e.flushed = Some(last);
+                    e.pending.clear();
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn verify(
+    disk: &BlockRegion,
+    expect: &BTreeMap<u64, Expect>,
+    running: Option<Step>,
+) -> Result<(), String> {
+    for b in 0..16u64 {
+        let mut got = vec![0u8; BLOCK as usize];
+        disk.read_at(b * BLOCK, &mut got).map_err(|e| format!("read {b}: {e}"))?;
+        let mut allowed: BTreeSet<u64> = BTreeSet::new();
+        let e = expect.get(&b).cloned().unwrap_or_default();
+        allowed.insert(e.flushed.unwrap_or(0));
+        allowed.extend(e.pending.iter().copied());
+        match running {
+            Some(Step::Write(rb, v) | Step::WriteFua(rb, v)) if rb == b => {
+                allowed.insert(v);
+            }
+            Some(Step::Trim(rb)) if rb == b => {
+                allowed.insert(0);
+            }
+            _ => {}
+        }
+        let stable = e.pending.is_empty() && allowed.len() == 1;
+        for (i, word) in got.chunks_exact(8).enumerate() {
+            let w = u64::from_le_bytes(word.try_into().unwrap());
+            let version = if w == 0 {
+                0
+            } else if w >> 32 == b {
+                w & 0xffff_ffff
+            } else {
+                u64::MAX
+            };
+            if !allowed.contains(&version) {
+                return Err(format!(
+                    "block {b} word {i} holds {w:#x}; allowed versions {allowed:?} (stable: {stable})"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn acknowledged_flushes_survive_a_crash_at_every_persist_point() {
+    let spec = BlockSpec { size: 16 * BLOCK, resident: 4 * BLOCK, swap: true };
+    let (base_media, _) = region(fresh(), Some(spec));
+    let base = base_media.durable_image();
+    let steps = script();
+
+    let (dry, regions) = region(base.clone(), None);
+    let disk = regions.get("disk").unwrap();
+    for &s in &steps {
+        run_step(&disk, s).unwrap();
+    }
+    assert!(disk.stats().evictions > 0 && disk.stats().faults > 0);
+    let points = dry.persist_points();
+    drop(disk);
+    drop(regions);
+
+    let mut states = 0;
+    for point in 0..points {
+        let media =
+            Arc::new(CrashMedia::from_image(base.clone(), TearGranularity::Nvram).crash_at(point));
+        let (pool, swap) = rig(media.clone());
+        let regions = BlockRegions::open(pool, swap).unwrap();
+        let disk = regions.get("disk").unwrap();
+        let mut expect = BTreeMap::new();
+        let mut running = None;
+        for &s in &steps {
+            if run_step(&disk, s).is_err() {
+                running = Some(s);
+                break;
+            }
+            expect_after(&mut expect, s);
+        }
+        assert!(media.has_crashed(), "point {point} was never reached");
+        drop(disk);
+        drop(regions);
+        for (n, image) in media.crash_images(3, point as u64).into_iter().enumerate() {
+            let (_, regions) = region(image, None);
+            let disk = regions.get("disk").unwrap_or_else(|| panic!("point {point}: region lost"));
+            verify(&disk, &expect, running)
+                .unwrap_or_else(|e| panic!("point {point} image {n} during {running:?}: {e}"));
+            let stats = disk.stats();
+            assert!(stats.resident_blocks * BLOCK <= stats.resident_quota);
+            states += 1;
+        }
+    }
+    println!("block region crash test: {points} persist points, {states} crash states checked");
+    assert!(states > 100);
+}

@@ -1,0 +1,63 @@
+//! `MediaWindow`: a byte range of another medium, seen as a medium of its
+//! own. Crash tests put a pool and its swap tier in windows of one
+//! `CrashMedia`, so a single persist counter orders both.
+
+use std::io;
+use std::sync::Arc;
+
+use super::media::{check_bounds, Media, MediaKind};
+
+/// Bytes `base..base+len` of `inner`.
+#[derive(Debug, Clone)]
+pub struct MediaWindow {
+    inner: Arc<dyn Media>,
+    base: u64,
+    len: u64,
+}
+
+impl MediaWindow {
+    /// The window `base..base+len` of `inner`.
+    pub fn new(inner: Arc<dyn Media>, base: u64, len: u64) -> io::Result<MediaWindow> {
+        check_bounds(inner.len(), base, len)?;
+        Ok(MediaWindow { inner, base, len })
+    }
+}
+
+impl Media for MediaWindow {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn kind(&self) -> MediaKind {
+        self.inner.kind()
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_bounds(self.len, offset, buf.len() as u64)?;
+        self.inner.read(self.base + offset, buf)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        check_bounds(self.len, offset, data.len() as u64)?;
+        self.inner.write(self.base + offset, data)
+    }
+
+    fn flush(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_bounds(self.len, offset, len)?;
+        self.inner.flush(self.base + offset, len)
+    }
+
+    fn barrier(&self) -> io::Result<()> {
+        self.inner.barrier()
+    }
+
+    fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_bounds(self.len, offset, len)?;
+        self.inner.zero(self.base + offset, len)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_bounds(self.len, offset, len)?;
+        self.inner.discard(self.base + offset, len)
+    }
+}

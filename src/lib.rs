@@ -7,5 +7,6 @@ pub mod pool;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fs;
 pub mod gate;
 pub mod paths;

@@ -34,7 +34,7 @@ pub use map::BlockState;
 pub use registry::{default_swap_path, BlockRegions};
 pub use swap::{FileSwap, MediaSwap, SlotAllocator, SwapStore, SwapTier};
 
-use crate::pool::{Media, Pool, PoolError, RegionKind, PAGE_SIZE};
+use crate::pool::{Media, Pool, PoolError, RegionKind, RegionLayout, PAGE_SIZE};
 
 /// Region attribute holding the virtual size in bytes.
 pub const ATTR_SIZE: &str = "block.size";
@@ -109,37 +109,9 @@ struct Counters {
     evictions: AtomicU64,
 }
 
-/// Where each run of region pages lies on the medium.
-#[derive(Debug, Clone)]
-struct Layout {
-    /// (first region page, first medium byte, pages), by region page.
-    runs: Vec<(u64, u64, u64)>,
-}
-
-impl Layout {
-    fn new(extents: &[crate::pool::Extent]) -> Layout {
-        let mut at = 0;
-        let runs = extents
-            .iter()
-            .map(|e| {
-                let run = (at, e.start * PAGE_SIZE, e.count);
-                at += e.count;
-                run
-            })
-            .collect();
-        Layout { runs }
-    }
-
-    fn offset(&self, page: u64) -> u64 {
-        let i = self.runs.partition_point(|r| r.0 <= page) - 1;
-        let (first, base, _) = self.runs[i];
-        base + (page - first) * PAGE_SIZE
-    }
-}
-
 #[derive(Debug)]
 struct State {
-    layout: Layout,
+    layout: RegionLayout,
     frames: u64,
     map: Vec<u64>,
     owner: Vec<u64>,
@@ -216,7 +188,7 @@ impl BlockRegion {
         let frames = pages
             .checked_sub(map_pages)
             .ok_or_else(|| corrupt(format!("{pages} pages cannot hold a {map_pages}-page map")))?;
-        let layout = Layout::new(&info.extents);
+        let layout = RegionLayout::new(&info.extents);
         let media = pool.media().clone();
 
         let mut raw = vec![0u8; (blocks * map::ENTRY_SIZE) as usize];
@@ -553,7 +525,7 @@ impl BlockRegion {
         if new_frames > old_frames {
             let info =
                 self.pool.resize_region(&self.name, (self.map_pages + new_frames) * PAGE_SIZE)?;
-            st.layout = Layout::new(&info.extents);
+            st.layout = RegionLayout::new(&info.extents);
             st.owner.resize(new_frames as usize, NO_BLOCK);
             st.free.extend((old_frames..new_frames).rev());
             st.policy.resize(new_frames);
@@ -609,7 +581,7 @@ impl BlockRegion {
         self.flush_locked(&mut st).map_err(device)?;
         let info =
             self.pool.resize_region(&self.name, (self.map_pages + new_frames) * PAGE_SIZE)?;
-        st.layout = Layout::new(&info.extents);
+        st.layout = RegionLayout::new(&info.extents);
         st.owner.truncate(new_frames as usize);
         st.free = (0..new_frames).rev().filter(|&f| st.owner[f as usize] == NO_BLOCK).collect();
         st.policy.resize(new_frames);

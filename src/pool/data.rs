@@ -4,7 +4,59 @@
 //! This is the simple path for small users (tests, tools, RVM's store);
 //! transports that need speed map extents once and call the medium directly.
 
-use super::{Pool, PoolError, Result, PAGE_SIZE};
+use super::{Extent, Pool, PoolError, Result, PAGE_SIZE};
+
+/// Where each run of a region's pages lies on the medium: a snapshot of the
+/// region's extents for users that address region pages directly (block
+/// regions, RVM's store). Valid until the region is resized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionLayout {
+    /// (first region page, first medium byte, pages), by region page.
+    runs: Vec<(u64, u64, u64)>,
+    pages: u64,
+}
+
+impl RegionLayout {
+    /// The layout of a region with these extents (in region order).
+    pub fn new(extents: &[Extent]) -> RegionLayout {
+        let mut at = 0;
+        let runs = extents
+            .iter()
+            .map(|e| {
+                let run = (at, e.start * PAGE_SIZE, e.count);
+                at += e.count;
+                run
+            })
+            .collect();
+        RegionLayout { runs, pages: at }
+    }
+
+    /// Pages in the region.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Medium byte offset of region page `page` (which must be < `pages()`).
+    pub fn offset(&self, page: u64) -> u64 {
+        let i = self.runs.partition_point(|r| r.0 <= page) - 1;
+        let (first, base, _) = self.runs[i];
+        base + (page - first) * PAGE_SIZE
+    }
+
+    /// The medium ranges (offset, length) of region bytes
+    /// `offset..offset+len`, which must lie inside the region.
+    pub fn ranges(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let end = offset + len;
+        let start_run = self.runs.partition_point(|r| r.0 * PAGE_SIZE <= offset).max(1) - 1;
+        self.runs[start_run..].iter().map_while(move |&(first, base, count)| {
+            let run_start = first * PAGE_SIZE;
+            let run_end = run_start + count * PAGE_SIZE;
+            let a = offset.max(run_start);
+            let b = end.min(run_end);
+            (a < b).then(|| (base + a - run_start, b - a))
+        })
+    }
+}
 
 impl Pool {
     /// Map a region-relative byte range to medium ranges.

@@ -58,6 +58,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 pub use check::{CheckReport, Problem};
+pub use data::RegionLayout;
 pub use error::{ErrorKind, PoolError, Result};
 pub use file_media::MappedMedia;
 pub use media::{Media, MediaKind};

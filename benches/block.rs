@@ -68,7 +68,8 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
     let mut md = String::from("# Block region eviction and fault-in\n\n");
-    writeln!(md, "Pool on /dev/shm; 60 MiB evicted by a quota shrink, then faulted back in.\n").unwrap();
+    writeln!(md, "Pool on /dev/shm; 60 MiB evicted by a quota shrink, then faulted back in.\n")
+        .unwrap();
     writeln!(md, "| swap file on | eviction MB/s | fault-in MB/s |\n|---|---:|---:|").unwrap();
     for (label, dir) in [("/dev/shm", &shm), ("disk", &disk)] {
         let (evict, fault) = run(&shm, dir);

@@ -8,6 +8,7 @@
 mod device;
 mod mem_device;
 pub mod nbd;
+pub mod ublk;
 
 pub use device::{check_range, BlockDevice, DeviceError, Extent, BLOCK_SIZE, MAX_EXTENTS};
 pub use mem_device::MemDevice;

@@ -259,9 +259,25 @@ where
                     },
                     _ => Vec::new(),
                 };
+                let structured = shape.structured;
+                if runs_inline(op) {
+                    // Small plain reads and writes are a copy in and out of
+                    // memory: cheaper here than a hop to the blocking pool.
+                    let run = || execute(&*device, op, &payload, handle, structured);
+                    let frame = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
+                        tracing::error!(
+                            handle,
+                            ?op,
+                            "block device panicked serving an NBD request"
+                        );
+                        let failure = DeviceError::Io(io::Error::other("device panicked"));
+                        ReplyFrame::error(handle, failure.errno(), "device failure", structured)
+                    });
+                    let _ = frames.send(frame.holding(permits));
+                    continue;
+                }
                 let device = Arc::clone(&device);
                 let frames = frames.clone();
-                let structured = shape.structured;
                 tokio::task::spawn_blocking(move || {
                     let run = || execute(&*device, op, &payload, handle, structured);
                     let frame = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
@@ -302,6 +318,18 @@ where
 }
 
 /// Read one request header; false on a clean end of stream before it.
+/// Largest read or write served on the connection's own task.
+const INLINE_MAX: u32 = 32 * 1024;
+
+/// Whether `op` is small enough, and free of durability work, to run on the
+/// connection's task instead of the blocking pool.
+fn runs_inline(op: Op) -> bool {
+    match op {
+        Op::Read { len, .. } | Op::Write { len, fua: false, .. } => len <= INLINE_MAX,
+        _ => false,
+    }
+}
+
 async fn read_request<R: AsyncRead + Unpin>(
     reader: &mut R,
     raw: &mut [u8; 28],

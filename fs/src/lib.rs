@@ -1,5 +1,6 @@
 //! RvmFS: recoverable virtual memory (RVM) transactions over persistent pages,
-//! and (next) the FUSE filesystem built on them (SPEC §7).
+//! and the POSIX filesystem built on them, served with FUSE (SPEC §7): see
+//! [`RvmFs`] and [`mount`].
 //!
 //! This crate does not depend on the pool: it defines the narrow storage trait
 //! it needs, [`PageStore`] (the report's "RMEM" layer), and the root crate
@@ -94,6 +95,7 @@ mod page_allocator;
 mod page_table;
 mod recovery;
 mod rvm;
+mod rvmfs;
 mod store;
 mod transaction;
 mod tree;
@@ -109,5 +111,10 @@ pub use mem_store::{MemStore, DISCARD_POISON};
 pub use page_table::EntryError;
 pub use recovery::check_store;
 pub use rvm::{FormatOptions, Rvm, RvmStats, Space};
+pub use rvmfs::{
+    mount, Caller, DirEntryOut, Errno, FsCheck, FsError, FsOptions, FsResult, Inode, MountHandle,
+    MountOptions, RvmFs, SetAttr, StatFs, TimeSet, Timestamp, MAX_FILE_SIZE, MAY_EXEC, MAY_READ,
+    MAY_WRITE, NAME_MAX, RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO,
+};
 pub use store::{CommitSlot, PageRun, PageStore, StoreError, COMMIT_SLOT_SIZE, PAGE_SIZE};
 pub use transaction::Transaction;

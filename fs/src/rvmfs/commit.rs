@@ -1,0 +1,134 @@
+//! Commit points (SPEC §7): when the running transaction is closed, and who waits.
+//!
+//! - create, and release of a file that was written: close the running
+//!   transaction; release also waits until it is durable;
+//! - fsync and fsyncdir: close and wait until durable; concurrent callers
+//!   share one persist and switch (RVM's group commit);
+//! - every `commit=N` seconds: the committer thread closes and persists;
+//! - unmount and [`RvmFs::commit_now`] (the daemon calls it on a power outage).
+//!
+//! A commit point that does not wait (create) kicks the committer thread,
+//! which makes the closed transaction durable in the background, so that
+//! nothing closed stays in memory for long. The thread holds only a weak
+//! reference: dropping the last [`RvmFs`] stops it. With `commit=0` there is
+//! no committer: closed transactions become durable at the next commit point
+//! that waits (fsync, release of a written file, unmount, `commit_now`),
+//! which makes the persist points deterministic for crash tests.
+
+use std::sync::{Arc, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use crate::PageStore;
+
+use super::error::FsResult;
+use super::{FsShared, RvmFs};
+
+/// How a commit point waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Close now; the committer persists soon.
+    Background,
+    /// Close and wait until durable.
+    Wait,
+}
+
+impl<S: PageStore + 'static> RvmFs<S> {
+    /// Closes the running transaction. With [`Durability::Wait`], returns once
+    /// it (and everything closed before) is durable.
+    pub(crate) fn commit_point(&self, durability: Durability) -> FsResult<()> {
+        let sequence = {
+            let mut running = self.lock();
+            match running.tx.take() {
+                Some(tx) => Some(tx.close()?),
+                None => None,
+            }
+        };
+        match durability {
+            Durability::Wait => match sequence {
+                Some(sequence) => self.shared.rvm.wait_durable(sequence)?,
+                None => self.shared.rvm.sync()?,
+            },
+            Durability::Background => {
+                if sequence.is_some() && !self.shared.options.commit_interval.is_zero() {
+                    self.kick_committer();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything done so far durable and returns when it is: the entry
+    /// point for unmount and for the daemon on a power outage.
+    pub fn commit_now(&self) -> FsResult<()> {
+        self.commit_point(Durability::Wait)
+    }
+
+    fn kick_committer(&self) {
+        let mut signal = self.shared.signal.lock().unwrap_or_else(PoisonError::into_inner);
+        signal.kicked = true;
+        drop(signal);
+        self.shared.signal_changed.notify_one();
+    }
+
+    /// Stops the committer thread (after a last commit by the caller).
+    pub(crate) fn stop_committer(&self) {
+        let mut signal = self.shared.signal.lock().unwrap_or_else(PoisonError::into_inner);
+        signal.shutdown = true;
+        drop(signal);
+        self.shared.signal_changed.notify_all();
+    }
+}
+
+/// Starts the thread that commits every `commit_interval` and persists what
+/// background commit points closed.
+pub(crate) fn start_committer<S: PageStore + 'static>(fs: &RvmFs<S>) {
+    if fs.shared.options.commit_interval.is_zero() {
+        return;
+    }
+    let weak: Weak<FsShared<S>> = Arc::downgrade(&fs.shared);
+    let interval = fs.shared.options.commit_interval;
+    let spawned = std::thread::Builder::new()
+        .name("rvmfs-commit".into())
+        .spawn(move || run_committer(weak, interval));
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the periodic committer; commits happen at commit points only");
+    }
+}
+
+fn run_committer<S: PageStore + 'static>(weak: Weak<FsShared<S>>, interval: Duration) {
+    let tick = interval;
+    let mut next_periodic = Instant::now() + tick;
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        let (kicked, periodic) = {
+            let mut signal = shared.signal.lock().unwrap_or_else(PoisonError::into_inner);
+            // Wake at least once a second so a dropped filesystem is noticed.
+            let wait =
+                next_periodic.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            if !signal.kicked && !signal.shutdown {
+                signal = shared
+                    .signal_changed
+                    .wait_timeout(signal, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            if signal.shutdown {
+                return;
+            }
+            let kicked = std::mem::take(&mut signal.kicked);
+            (kicked, Instant::now() >= next_periodic)
+        };
+        let fs = RvmFs { shared };
+        let result = if periodic {
+            next_periodic = Instant::now() + tick;
+            fs.commit_point(Durability::Wait)
+        } else if kicked {
+            fs.shared.rvm.sync().map_err(Into::into)
+        } else {
+            Ok(())
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "background commit failed");
+        }
+    }
+}

@@ -1,10 +1,12 @@
 //! The pmvisor config file: a small TOML file that names the pool, the
-//! control socket, the size of the embedded default pool and the log filter.
+//! control socket, the size of the embedded default pool, the swap tier of
+//! block regions and the log filter.
 //!
 //! ```toml
 //! pool = "/dev/pmem0"
 //! socket = "/run/pmvisor/pmvisor.sock"
 //! default_pool_size = "8G"     # or a number of bytes
+//! swap = "/var/lib/pmvisor/default.pool.swap"   # block regions' swap tier
 //! log = "info,pmvisor=debug"
 //! ```
 //!
@@ -32,6 +34,8 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     /// Size in bytes of the embedded default pool when it is created.
     pub default_pool_size: Option<u64>,
+    /// The swap tier file of block regions.
+    pub swap: Option<PathBuf>,
     /// A tracing filter such as `info` or `warn,pmvisor=debug`.
     pub log: Option<String>,
 }
@@ -59,6 +63,7 @@ struct ConfigFile {
     socket: Option<PathBuf>,
     #[serde(default, deserialize_with = "deserialize_size")]
     default_pool_size: Option<u64>,
+    swap: Option<PathBuf>,
     log: Option<String>,
 }
 
@@ -102,6 +107,7 @@ impl Config {
             pool: file.pool.map(anchor),
             socket: file.socket.map(anchor),
             default_pool_size: file.default_pool_size,
+            swap: file.swap.map(anchor),
             log: file.log,
         })
     }
@@ -152,12 +158,13 @@ mod tests {
     fn every_key_is_read() {
         let config = parse(
             "pool = \"/dev/pmem0\"\nsocket = \"/tmp/s.sock\"\ndefault_pool_size = \"8G\"\n\
-             log = \"debug\"\n",
+             swap = \"/tmp/p.swap\"\nlog = \"debug\"\n",
         )
         .unwrap();
         assert_eq!(config.pool.as_deref(), Some(Path::new("/dev/pmem0")));
         assert_eq!(config.socket.as_deref(), Some(Path::new("/tmp/s.sock")));
         assert_eq!(config.default_pool_size, Some(8 << 30));
+        assert_eq!(config.swap.as_deref(), Some(Path::new("/tmp/p.swap")));
         assert_eq!(config.log.as_deref(), Some("debug"));
     }
 

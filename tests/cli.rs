@@ -159,7 +159,7 @@ fn region_lifecycle_with_tables_and_json() {
         .on_pool(&["region", "create", "vm1", "--size", "8M"])
         .assert()
         .success()
-        .stdout("Created block region vm1: 8.0 MiB.\n");
+        .stdout("Created block region vm1: 8.0 MiB, resident quota 8.0 MiB, swap off.\n");
     sandbox
         .on_pool(&["region", "create", "ram", "--size", "4MiB", "--kind", "memory"])
         .assert()
@@ -184,7 +184,10 @@ fn region_lifecycle_with_tables_and_json() {
     let names: Vec<_> =
         list.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["meta", "ram", "vm1"]);
-    assert_eq!(list[2]["size"], 8 << 20);
+    assert_eq!(list[2]["block"]["size"], 8 << 20);
+    assert_eq!(list[2]["block"]["resident_quota"], 8 << 20);
+    assert_eq!(list[2]["size"], (8 << 20) + 4 * 4096, "the block map takes 4 pages");
+    assert_eq!(list[1]["block"], Value::Null);
     assert_eq!(list[1]["kind"], "memory");
     assert!(list[1]["offset"].is_u64());
     assert_eq!(list[0]["size"], 3 << 19);
@@ -204,12 +207,18 @@ fn region_lifecycle_with_tables_and_json() {
         .stdout("Renamed region vm2 to vm3.\n");
 
     sandbox
-        .on_pool(&["region", "resize", "vm3", "--size", "16M"])
+        .on_pool(&["region", "resize", "meta", "--size", "16M"])
         .assert()
         .success()
-        .stdout("Resized region vm3 to 16.0 MiB.\n");
-    assert_eq!(sandbox.json(&["region", "resize", "vm3", "--size", "2M"])["size"], 2 << 20);
-    assert_eq!(sandbox.json(&["region", "show", "vm3"])["size"], 2 << 20);
+        .stdout("Resized region meta to 16.0 MiB.\n");
+    assert_eq!(sandbox.json(&["region", "resize", "meta", "--size", "2M"])["size"], 2 << 20);
+    assert_eq!(sandbox.json(&["region", "show", "meta"])["size"], 2 << 20);
+    sandbox
+        .on_pool(&["region", "resize", "vm3", "--resident", "2M"])
+        .assert()
+        .success()
+        .stdout("Set the resident quota of block region vm3 to 2.0 MiB.\n");
+    assert_eq!(sandbox.json(&["region", "show", "vm3"])["block"]["resident_quota"], 2 << 20);
 
     sandbox
         .on_pool(&["region", "delete", "vm3"])
@@ -370,10 +379,17 @@ fn a_region_too_big_for_the_pool_is_refused_and_nothing_changes() {
     sandbox.create_pool("16M");
     let before = sandbox.json(&["pool", "info"]);
     fails_with(
-        &mut sandbox.on_pool(&["region", "create", "huge", "--size", "1G"]),
+        &mut sandbox.on_pool(&["region", "create", "huge", "--size", "1G", "--kind", "fs"]),
         "region \"huge\" needs 262144 pages but the pool has only",
     );
-    sandbox.on_pool(&["region", "create", "small", "--size", "1M"]).assert().success();
+    fails_with(
+        &mut sandbox.on_pool(&["region", "create", "disk", "--size", "1G"]),
+        "region \"disk\" needs 262656 pages but the pool has only",
+    );
+    sandbox
+        .on_pool(&["region", "create", "small", "--size", "1M", "--kind", "fs"])
+        .assert()
+        .success();
     fails_with(
         &mut sandbox.on_pool(&["region", "resize", "small", "--size", "2G"]),
         "delete or shrink regions, or use a larger pool",
@@ -404,4 +420,96 @@ fn usage_errors_exit_with_status_two() {
         .assert()
         .code(2);
     sandbox.pmvisor().arg("frobnicate").assert().code(2);
+}
+
+#[test]
+fn block_region_options_are_checked_with_a_sentence() {
+    let sandbox = Sandbox::new();
+    sandbox.create_pool("32M");
+    fails_with(
+        &mut sandbox.on_pool(&["region", "create", "d", "--size", "4M", "--resident", "8M"]),
+        "a resident quota of 8.0 MiB is larger than the virtual size 4.0 MiB of block region \
+         \"d\"; give a quota of at most 4.0 MiB",
+    );
+    fails_with(
+        &mut sandbox.on_pool(&["region", "create", "f", "--size", "1M", "--kind", "fs", "--swap"]),
+        "a resident quota and swap are for block regions only; leave them out for the fs region",
+    );
+    sandbox
+        .on_pool(&["region", "create", "d", "--size", "4M", "--resident", "1M", "--swap"])
+        .assert()
+        .success()
+        .stdout("Created block region d: 4.0 MiB, resident quota 1.0 MiB, swap on.\n");
+    sandbox.on_pool(&["region", "create", "f", "--size", "1M", "--kind", "fs"]).assert().success();
+
+    fails_with(
+        &mut sandbox.on_pool(&["region", "resize", "d", "--size", "8M"]),
+        "block region \"d\" has a fixed virtual size of 4.0 MiB; change its resident quota with \
+         `pmvisor region resize d --resident SIZE`",
+    );
+    fails_with(
+        &mut sandbox.on_pool(&["region", "resize", "f", "--resident", "1M"]),
+        "region \"f\" is a fs region, which has no resident quota; resize it with `pmvisor \
+         region resize f --size SIZE`",
+    );
+    fails_with(
+        &mut sandbox.on_pool(&["region", "stats", "f"]),
+        "region \"f\" is a fs region; stats are kept for block regions only",
+    );
+    sandbox.on_pool(&["region", "resize", "d"]).assert().code(2).stderr(contains("--size"));
+    sandbox
+        .on_pool(&["region", "resize", "d", "--size", "1M", "--resident", "1M"])
+        .assert()
+        .code(2)
+        .stderr(contains("cannot be used with"));
+
+    // Without a daemon the stats are the occupancy; the counters start at zero.
+    let stats = sandbox.json(&["region", "stats", "d"]);
+    assert_eq!(stats["size"], 4 << 20);
+    assert_eq!(stats["resident_quota"], 1 << 20);
+    assert_eq!((stats["resident_blocks"].as_u64(), stats["reads"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(stats["mrr"], 1.0);
+    sandbox
+        .on_pool(&["region", "stats", "d"])
+        .assert()
+        .success()
+        .stdout(contains("resident quota:  1.0 MiB").and(contains("MRR:             1.000")));
+    let show = sandbox.on_pool(&["region", "show", "d"]).assert().success();
+    let show = String::from_utf8_lossy(&show.get_output().stdout).to_string();
+    let row = |key: &str| {
+        let line = show.lines().find(|l| l.starts_with(key)).unwrap_or_default();
+        line[key.len()..].trim().to_string()
+    };
+    assert_eq!(
+        (row("size:"), row("resident quota:"), row("swap:")),
+        ("4.0 MiB (4194304 bytes)".to_string(), "1.0 MiB".to_string(), "on".to_string())
+    );
+    sandbox.on_pool(&["region", "delete", "d"]).assert().success();
+    assert!(sandbox.path("test.pool.swap").exists(), "the swap tier lies beside the pool");
+}
+
+#[test]
+fn exports_without_a_daemon_say_to_start_one() {
+    let sandbox = Sandbox::new();
+    sandbox.create_pool("16M");
+    sandbox.on_pool(&["region", "create", "d", "--size", "1M"]).assert().success();
+    fails_with(
+        &mut sandbox.on_pool(&["export", "add", "d", "--nbd"]),
+        "exports are served by the daemon and none is running for pool",
+    );
+    fails_with(
+        &mut sandbox.on_pool(&["export", "add", "ghost", "--nbd"]),
+        "no region named \"ghost\"",
+    );
+    fails_with(
+        &mut sandbox.on_pool(&["export", "remove", "d"]),
+        "region \"d\" is not exported; `pmvisor export list` shows the exports",
+    );
+    sandbox.on_pool(&["export", "list"]).assert().success().stdout(contains("No exports"));
+    sandbox.on_pool(&["export", "add", "d"]).assert().code(2).stderr(contains("--nbd"));
+    sandbox
+        .on_pool(&["export", "add", "d", "--nbd", "--ublk"])
+        .assert()
+        .code(2)
+        .stderr(contains("cannot be used with"));
 }

@@ -5,191 +5,16 @@
 //! Every daemon is killed by a drop guard if a test fails; waits poll with a
 //! deadline instead of sleeping blindly.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command as StdCommand, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use assert_cmd::cargo::CommandCargoExt;
-use assert_cmd::Command;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+
+use common::{http, stdout_json, try_http, Sandbox, DEADLINE};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::process::Signal;
 use serde_json::Value;
-use tempfile::TempDir;
-
-const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A private directory with a state dir, a socket path and an empty config.
-struct Sandbox {
-    dir: TempDir,
-}
-
-impl Sandbox {
-    fn new() -> Sandbox {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pmvisor.toml"), "").unwrap();
-        Sandbox { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn pool(&self) -> PathBuf {
-        self.path("test.pool")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.path("pmvisor.sock")
-    }
-
-    fn env(&self, cmd: &mut StdCommand) {
-        cmd.env("PMVISOR_STATE_DIR", self.path("state"))
-            .env("PMVISOR_SOCKET", self.socket())
-            .env("PMVISOR_CONFIG", self.path("pmvisor.toml"))
-            .env_remove("PMVISOR_POOL")
-            .env_remove("PMVISOR_LOG")
-            .env_remove("RUST_LOG")
-            .current_dir(self.dir.path());
-    }
-
-    /// `pmvisor` with the sandbox's environment and no pool named.
-    fn pmvisor(&self) -> Command {
-        let mut cmd = StdCommand::cargo_bin("pmvisor").unwrap();
-        self.env(&mut cmd);
-        Command::from_std(cmd)
-    }
-
-    /// `pmvisor --pool <sandbox>/test.pool ARGS`.
-    fn on_pool(&self, args: &[&str]) -> Command {
-        let mut cmd = self.pmvisor();
-        cmd.arg("--pool").arg(self.pool()).args(args);
-        cmd
-    }
-
-    fn create_pool(&self) {
-        self.pmvisor()
-            .args(["pool", "create", "--size", "64M"])
-            .arg(self.pool())
-            .assert()
-            .success();
-    }
-
-    /// Start `pmvisor serve` with `args` and wait until it answers.
-    fn serve(&self, args: &[&str]) -> Daemon {
-        let log = self.path(&format!("serve-{}.log", rand::random::<u32>()));
-        let mut cmd = StdCommand::cargo_bin("pmvisor").unwrap();
-        self.env(&mut cmd);
-        cmd.args(args)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap());
-        let mut daemon = Daemon { child: cmd.spawn().unwrap(), log };
-        let socket = socket_arg(args).unwrap_or_else(|| self.socket());
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Ok((200, _)) = try_http(&socket, "GET", "/v1/health", None) {
-                return daemon;
-            }
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!("serve exited with {status}: {}", daemon.log_text());
-            }
-            assert!(Instant::now() < deadline, "serve never answered: {}", daemon.log_text());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-fn socket_arg(args: &[&str]) -> Option<PathBuf> {
-    args.windows(2).find(|w| w[0] == "--socket").map(|w| PathBuf::from(w[1]))
-}
-
-/// A running daemon, killed on drop unless it already exited.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill_process(Pid::from_child(&self.child), signal).unwrap();
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the daemon did not exit: {}", self.log_text());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// One HTTP/1.1 request over the socket; `(status, body)`.
-fn try_http(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> std::io::Result<(u16, String)> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(DEADLINE))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad answer: {answer}")))?;
-    Ok((status, body.to_string()))
-}
-
-fn http(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let (status, body) = try_http(socket, method, path, body).unwrap();
-    let value = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&body).unwrap_or(Value::String(body))
-    };
-    (status, value)
-}
-
-fn stdout_json(cmd: &mut Command) -> Value {
-    let out = cmd.arg("--json").assert().success();
-    serde_json::from_slice(&out.get_output().stdout).unwrap()
-}
 
 #[test]
 fn commands_go_through_the_daemon_while_it_holds_the_pool() {
@@ -209,7 +34,7 @@ fn commands_go_through_the_daemon_while_it_holds_the_pool() {
         .on_pool(&["-v", "region", "create", "vm1", "--size", "8M"])
         .assert()
         .success()
-        .stdout("Created block region vm1: 8.0 MiB.\n")
+        .stdout("Created block region vm1: 8.0 MiB, resident quota 8.0 MiB, swap off.\n")
         .stderr(contains(via_daemon.as_str()));
     sandbox
         .on_pool(&["region", "create", "ram", "--size", "4M", "--kind", "memory"])
@@ -222,14 +47,24 @@ fn commands_go_through_the_daemon_while_it_holds_the_pool() {
     assert!(!sandbox.path("state").exists(), "the default pool was created");
 
     assert_eq!(stdout_json(&mut sandbox.on_pool(&["region", "show", "ram"]))["kind"], "memory");
+    sandbox.on_pool(&["region", "rename", "vm1", "vm2"]).assert().code(1).stderr(contains(
+        "block region \"vm1\" cannot be renamed while `pmvisor serve` has it open",
+    ));
     assert_eq!(
-        stdout_json(&mut sandbox.on_pool(&["region", "rename", "vm1", "vm2"]))["name"],
-        "vm2"
+        stdout_json(&mut sandbox.on_pool(&["region", "rename", "ram", "vm-ram"]))["name"],
+        "vm-ram"
     );
+    sandbox.on_pool(&["region", "rename", "vm-ram", "ram"]).assert().success();
+    let shrunk =
+        stdout_json(&mut sandbox.on_pool(&["region", "resize", "vm1", "--resident", "2M"]));
+    assert_eq!(shrunk["block"]["resident_quota"], 2 << 20);
+    let stats = stdout_json(&mut sandbox.on_pool(&["region", "stats", "vm1"]));
     assert_eq!(
-        stdout_json(&mut sandbox.on_pool(&["region", "resize", "vm2", "--size", "16M"]))["size"],
-        16 << 20
+        (stats["size"].as_u64(), stats["resident_quota"].as_u64()),
+        (Some(8 << 20), Some(2 << 20))
     );
+    let resized = stdout_json(&mut sandbox.on_pool(&["region", "resize", "ram", "--size", "16M"]));
+    assert_eq!(resized["size"], 16 << 20);
     sandbox
         .on_pool(&["region", "delete", "ram"])
         .assert()
@@ -299,7 +134,9 @@ fn api_errors_are_json_sentences_with_the_right_status() {
         http(&socket, "POST", "/v1/regions", Some(r#"{"name": "a", "size": 1048576}"#));
     assert_eq!(status, 201, "{region}");
     assert_eq!(region["kind"], "block");
-    assert_eq!(region["size"], 1 << 20);
+    assert_eq!(region["block"]["size"], 1 << 20);
+    assert_eq!(region["block"]["resident_quota"], 1 << 20);
+    assert_eq!(region["size"], (1 << 20) + 4096, "one page of block map");
 
     let (status, body) =
         http(&socket, "POST", "/v1/regions", Some(r#"{"name": "b", "size": 1, "colour": "red"}"#));
@@ -332,12 +169,53 @@ fn api_errors_are_json_sentences_with_the_right_status() {
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("invalid type"), "{body}");
 
+    let (status, body) = http(&socket, "POST", "/v1/regions/a/resize", Some(r#"{"size": 8192}"#));
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"],
+        "block region \"a\" has a fixed virtual size of 1.0 MiB; change its resident quota with \
+         `pmvisor region resize a --resident SIZE`"
+    );
     let (status, body) =
-        http(&socket, "POST", "/v1/regions/a/rename", Some(r#"{"new_name": "c"}"#));
+        http(&socket, "POST", "/v1/regions/a/resize", Some(r#"{"resident": 2097152}"#));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().starts_with("a resident quota of 2.0 MiB is larger"));
+    let (status, body) =
+        http(&socket, "POST", "/v1/regions/a/resize", Some(r#"{"resident": 8192}"#));
+    assert_eq!((status, body["block"]["resident_quota"].as_u64()), (200, Some(8192)));
+    let (status, body) = http(&socket, "GET", "/v1/regions/a/stats", None);
+    assert_eq!((status, body["resident_quota"].as_u64()), (200, Some(8192)));
+
+    let (status, body) = http(
+        &socket,
+        "POST",
+        "/v1/regions",
+        Some(r#"{"name": "f", "kind": "fs", "size": 4096, "resident": 4096}"#),
+    );
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("for block regions only"), "{body}");
+    let (status, _) =
+        http(&socket, "POST", "/v1/regions", Some(r#"{"name": "f", "kind": "fs", "size": 4096}"#));
+    assert_eq!(status, 201);
+    let (status, body) = http(&socket, "GET", "/v1/regions/f/stats", None);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "region \"f\" is a fs region; stats are kept for block regions only");
+    let (status, body) =
+        http(&socket, "POST", "/v1/regions/f/rename", Some(r#"{"new_name": "c"}"#));
     assert_eq!((status, body["name"].as_str()), (200, Some("c")));
 
     let (status, body) = http(&socket, "DELETE", "/v1/regions/c", None);
     assert_eq!((status, body), (204, Value::Null));
+    let (status, body) = http(&socket, "DELETE", "/v1/regions/a", None);
+    assert_eq!((status, body), (204, Value::Null));
+
+    let (status, body) =
+        http(&socket, "POST", "/v1/exports", Some(r#"{"region": "ghost", "transport": "nbd"}"#));
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http(&socket, "DELETE", "/v1/exports/ghost", None);
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http(&socket, "GET", "/v1/exports", None);
+    assert_eq!((status, body), (200, Value::Array(vec![])));
 
     let (status, body) = http(&socket, "GET", "/v2/nothing", None);
     assert_eq!(status, 404);
@@ -364,7 +242,10 @@ fn metrics_show_the_pool_regions_and_requests() {
     for line in [
         "pmvisor_pool_size_bytes 67108864",
         "pmvisor_regions 1",
-        "pmvisor_region_size_bytes{name=\"vm1\"} 8388608",
+        "pmvisor_region_size_bytes{name=\"vm1\"} 8404992",
+        "pmvisor_block_resident_blocks{region=\"vm1\"} 0",
+        "pmvisor_block_mrr{region=\"vm1\"} 1.0",
+        "pmvisor_block_writes_total{region=\"vm1\"} 0",
         "pmvisor_gate_in_flight 0",
         "pmvisor_api_requests_total{method=\"POST\",route=\"/v1/regions\",status=\"201\"} 1",
     ] {

@@ -139,6 +139,22 @@ impl DaemonClient {
 /// The API path of a region, its name percent-encoded.
 pub fn region_path(name: &str, action: Option<&str>) -> String {
     let mut path = String::from("/v1/regions/");
+    push_escaped(&mut path, name);
+    if let Some(action) = action {
+        path.push('/');
+        path.push_str(action);
+    }
+    path
+}
+
+/// The API path of a region's export, its name percent-encoded.
+pub fn export_path(name: &str) -> String {
+    let mut path = String::from("/v1/exports/");
+    push_escaped(&mut path, name);
+    path
+}
+
+fn push_escaped(path: &mut String, name: &str) {
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
             path.push(char::from(byte));
@@ -146,11 +162,6 @@ pub fn region_path(name: &str, action: Option<&str>) -> String {
             path.push_str(&format!("%{byte:02X}"));
         }
     }
-    if let Some(action) = action {
-        path.push('/');
-        path.push_str(action);
-    }
-    path
 }
 
 fn check_status(response: &RawResponse) -> anyhow::Result<()> {
@@ -218,6 +229,7 @@ mod tests {
         assert_eq!(region_path("vm-1.disk_a~", None), "/v1/regions/vm-1.disk_a~");
         assert_eq!(region_path("a/b c", Some("rename")), "/v1/regions/a%2Fb%20c/rename");
         assert_eq!(region_path("é", None), "/v1/regions/%C3%A9");
+        assert_eq!(export_path("vm:1+a"), "/v1/exports/vm%3A1%2Ba");
     }
 
     #[test]

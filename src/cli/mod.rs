@@ -9,13 +9,14 @@
 //! to do next; `main` prints it after `error: ` and exits with status 1.
 
 pub mod client;
+pub mod export;
 pub mod output;
 pub mod pool;
 pub mod region;
 pub mod route;
 pub mod size;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -36,6 +37,11 @@ pub struct Cli {
     /// The daemon's control socket [default: /run/pmvisor/pmvisor.sock]
     #[arg(long, global = true, env = "PMVISOR_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+
+    /// The swap tier file of block regions [default: beside the pool,
+    /// `<pool>.swap`]
+    #[arg(long, global = true, env = "PMVISOR_SWAP", value_name = "PATH")]
+    pub swap_path: Option<PathBuf>,
 
     /// Print machine-readable JSON instead of tables
     #[arg(long, global = true)]
@@ -61,9 +67,12 @@ pub enum Command {
     /// Create, inspect and check pools
     #[command(subcommand)]
     Pool(pool::PoolCommand),
-    /// Create, list, show, rename, resize and delete regions
+    /// Create, list, show, rename, resize and delete regions; block region stats
     #[command(subcommand)]
     Region(region::RegionCommand),
+    /// Serve block regions to clients over NBD (or ublk): add, list, remove
+    #[command(subcommand)]
+    Export(export::ExportCommand),
 }
 
 /// Which pool a command is about.
@@ -94,6 +103,9 @@ pub struct Settings {
     pub socket: PathBuf,
     /// Size of the embedded default pool when it is created.
     pub default_pool_size: u64,
+    /// The swap tier file, when named by a flag, the environment or the
+    /// config (else it lies beside the pool).
+    pub swap: Option<PathBuf>,
     /// The log filter from the config file.
     pub log: Option<String>,
     /// Print JSON.
@@ -116,10 +128,18 @@ impl Settings {
             pool,
             socket,
             default_pool_size: config.default_pool_size.unwrap_or(paths::DEFAULT_POOL_SIZE),
+            swap: non_empty(&cli.swap_path).or(config.swap),
             log: config.log,
             json: cli.json,
             verbose: cli.verbose,
         })
+    }
+}
+
+impl Settings {
+    /// The swap tier of the pool at `pool`: as named, else beside the pool.
+    pub fn swap_path(&self, pool: &Path) -> PathBuf {
+        self.swap.clone().unwrap_or_else(|| crate::block::default_swap_path(pool))
     }
 }
 
@@ -144,6 +164,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(&settings, "warn")?;
             region::run(command, &settings)?;
         }
+        Command::Export(command) => {
+            init_logging(&settings, "warn")?;
+            export::run(command, &settings)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -153,7 +177,12 @@ fn serve(settings: &Settings) -> anyhow::Result<()> {
     let pool_path = std::fs::canonicalize(settings.pool.path()).with_context(|| {
         format!("cannot resolve the pool path {}", settings.pool.path().display())
     })?;
-    crate::daemon::serve(pool, pool_path, settings.socket.clone())
+    let options = crate::daemon::ServeOptions {
+        swap: settings.swap_path(&pool_path),
+        pool_path,
+        socket: settings.socket.clone(),
+    };
+    crate::daemon::serve(pool, options)
 }
 
 /// Logs go to stderr. The filter is `PMVISOR_LOG`, else `RUST_LOG`, else the

@@ -2,7 +2,7 @@
 //! stderr for work that takes more than a moment.
 //!
 //! JSON output is the control API's wire types (`PoolView`, `RegionView`,
-//! `CheckView`), so a script sees the same document whether the command went
+//! `CheckView`, `BlockStatsView`, `ExportView`), so a script sees the same document whether the command went
 //! through the daemon or opened the pool itself.
 
 use std::io::IsTerminal;
@@ -13,8 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::size::format_size;
+use crate::daemon::api::exports::ExportView;
 use crate::daemon::api::pool::{CheckView, PoolView};
-use crate::daemon::api::regions::RegionView;
+use crate::daemon::api::regions::{BlockStatsView, RegionView};
 
 /// Print `value` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -78,34 +79,87 @@ fn percent(part: u64, whole: u64) -> String {
     format!("{:.1}%", part as f64 * 100.0 / whole as f64)
 }
 
-/// `region list` for people.
+/// `region list` for people. SIZE is what clients see (a block region's
+/// virtual size); RESIDENT is a block region's resident quota.
 pub fn regions_table(regions: &[RegionView]) -> Table {
     let mut table = plain_table();
-    table.set_header(vec!["NAME", "KIND", "SIZE", "EXTENTS", "CREATED"]);
+    table.set_header(vec!["NAME", "KIND", "SIZE", "RESIDENT", "EXTENTS", "CREATED"]);
     for region in regions {
+        let (size, resident) = match region.block {
+            Some(block) => (block.size, format_size(block.resident_quota)),
+            None => (region.size, "-".to_string()),
+        };
         table.add_row(vec![
             region.name.clone(),
             kind_name(region),
-            format_size(region.size),
+            format_size(size),
+            resident,
             region.extents.len().to_string(),
             format_time(region.created_unix),
         ]);
     }
-    if let Some(column) = table.column_mut(2) {
-        column.set_cell_alignment(CellAlignment::Right);
+    for index in [2, 3] {
+        if let Some(column) = table.column_mut(index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
+}
+
+/// `region stats` for people.
+pub fn block_stats_table(name: &str, stats: &BlockStatsView) -> Table {
+    let blocks = |n: u64| format!("{n} blocks ({})", format_size(n.saturating_mul(4096)));
+    key_value_table(vec![
+        ("region", name.to_string()),
+        ("size", format_size(stats.size)),
+        ("resident quota", format_size(stats.resident_quota)),
+        ("resident", blocks(stats.resident_blocks)),
+        ("swapped", blocks(stats.swapped_blocks)),
+        ("MRR", format!("{:.3}", stats.mrr)),
+        ("reads", stats.reads.to_string()),
+        ("writes", stats.writes.to_string()),
+        ("faults", stats.faults.to_string()),
+        ("evictions", stats.evictions.to_string()),
+        ("swap", if stats.swap { "on" } else { "off" }.to_string()),
+    ])
+}
+
+/// `export list` for people.
+pub fn exports_table(exports: &[ExportView]) -> Table {
+    let mut table = plain_table();
+    table.set_header(vec!["REGION", "TRANSPORT", "ADDRESS", "URI", "STATE"]);
+    for export in exports {
+        let transport = serde_json::to_value(export.transport)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        table.add_row(vec![
+            export.region.clone(),
+            transport,
+            export.address.clone().unwrap_or_else(|| "-".to_string()),
+            export.uri.clone().unwrap_or_else(|| "-".to_string()),
+            if export.serving { "serving" } else { "not serving" }.to_string(),
+        ]);
     }
     table
 }
 
 /// `region show` for people.
 pub fn region_table(region: &RegionView) -> Table {
-    let mut rows = vec![
-        ("name", region.name.clone()),
-        ("kind", kind_name(region)),
-        ("size", format!("{} ({} bytes)", format_size(region.size), region.size)),
-        ("id", region.id.to_string()),
-        ("created", format_time(region.created_unix)),
-    ];
+    let mut rows = vec![("name", region.name.clone()), ("kind", kind_name(region))];
+    match region.block {
+        Some(block) => {
+            rows.push(("size", format!("{} ({} bytes)", format_size(block.size), block.size)));
+            rows.push(("resident quota", format_size(block.resident_quota)));
+            rows.push(("swap", if block.swap { "on" } else { "off" }.to_string()));
+            rows.push(("pool space", format_size(region.size)));
+        }
+        None => {
+            rows.push(("size", format!("{} ({} bytes)", format_size(region.size), region.size)))
+        }
+    }
+    rows.push(("id", region.id.to_string()));
+    rows.push(("created", format_time(region.created_unix)));
     if let Some(offset) = region.offset {
         rows.push(("pool offset", offset.to_string()));
     }

@@ -9,17 +9,23 @@
 //! pool is created on demand with a notice on stderr, a named pool that does
 //! not exist is an error saying how to create it.
 
-use anyhow::Context;
+use std::sync::Arc;
 
-use super::client::{region_path, DaemonClient};
+use anyhow::{anyhow, Context};
+
+use super::client::{export_path, region_path, DaemonClient};
 use super::size::format_size;
 use super::{PoolChoice, Settings};
+use crate::daemon::api::exports::{AddExportRequest, ExportView};
 use crate::daemon::api::health::HealthView;
 use crate::daemon::api::pool::{CheckView, PoolView};
 use crate::daemon::api::regions::{
-    CreateRegionRequest, RegionView, RenameRegionRequest, ResizeRegionRequest,
+    BlockStatsView, CreateRegionRequest, RegionView, RenameRegionRequest, ResizeRegionRequest,
 };
-use crate::pool::{CreateOptions, ErrorKind, OpenMode, Pool, PoolError, RegionKind};
+use crate::daemon::api::ApiError;
+use crate::daemon::exports::ExportError;
+use crate::daemon::regions::Regions;
+use crate::pool::{CreateOptions, ErrorKind, OpenMode, Pool, PoolError};
 
 /// Where a command's pool calls go.
 #[derive(Debug)]
@@ -32,7 +38,12 @@ pub enum Route {
         health: HealthView,
     },
     /// To a pool this process opened.
-    Direct(Pool),
+    Direct(Regions),
+}
+
+/// An API error as the CLI reports it: its sentence.
+fn said(err: ApiError) -> anyhow::Error {
+    anyhow!(err.message)
 }
 
 impl Route {
@@ -41,14 +52,16 @@ impl Route {
         if let Some((client, health)) = daemon_for(settings)? {
             return Ok(Route::Daemon { client, health });
         }
-        Ok(Route::Direct(open_pool(settings, mode)?))
+        let pool = Arc::new(open_pool(settings, mode)?);
+        let swap = settings.swap_path(settings.pool.path());
+        Ok(Route::Direct(Regions::on_demand(pool, swap)))
     }
 
     /// The pool's facts.
     pub fn pool_info(&self) -> anyhow::Result<PoolView> {
         match self {
             Route::Daemon { client, .. } => client.get("/v1/pool"),
-            Route::Direct(pool) => Ok(pool.info().into()),
+            Route::Direct(regions) => Ok(regions.pool().info().into()),
         }
     }
 
@@ -56,7 +69,7 @@ impl Route {
     pub fn check(&self) -> anyhow::Result<CheckView> {
         match self {
             Route::Daemon { client, .. } => client.get("/v1/pool/check"),
-            Route::Direct(pool) => Ok(pool.check().into()),
+            Route::Direct(regions) => Ok(regions.pool().check().into()),
         }
     }
 
@@ -64,7 +77,7 @@ impl Route {
     pub fn regions(&self) -> anyhow::Result<Vec<RegionView>> {
         match self {
             Route::Daemon { client, .. } => client.get("/v1/regions"),
-            Route::Direct(pool) => Ok(pool.regions().into_iter().map(RegionView::from).collect()),
+            Route::Direct(regions) => Ok(regions.list()),
         }
     }
 
@@ -72,23 +85,15 @@ impl Route {
     pub fn region(&self, name: &str) -> anyhow::Result<RegionView> {
         match self {
             Route::Daemon { client, .. } => client.get(&region_path(name, None)),
-            Route::Direct(pool) => Ok(pool.region(name)?.into()),
+            Route::Direct(regions) => regions.show(name).map_err(said),
         }
     }
 
     /// Create a region.
-    pub fn create_region(
-        &self,
-        name: &str,
-        kind: RegionKind,
-        size: u64,
-    ) -> anyhow::Result<RegionView> {
+    pub fn create_region(&self, request: &CreateRegionRequest) -> anyhow::Result<RegionView> {
         match self {
-            Route::Daemon { client, .. } => {
-                let request = CreateRegionRequest { name: name.to_string(), kind, size };
-                client.post("/v1/regions", &request)
-            }
-            Route::Direct(pool) => Ok(pool.create_region(name, kind, size)?.into()),
+            Route::Daemon { client, .. } => client.post("/v1/regions", request),
+            Route::Direct(regions) => regions.create(request).map_err(said),
         }
     }
 
@@ -99,20 +104,21 @@ impl Route {
                 let request = RenameRegionRequest { new_name: new_name.to_string() };
                 client.post(&region_path(name, Some("rename")), &request)
             }
-            Route::Direct(pool) => {
-                pool.rename_region(name, new_name)?;
-                Ok(pool.region(new_name)?.into())
-            }
+            Route::Direct(regions) => regions.rename(name, new_name).map_err(said),
         }
     }
 
-    /// Resize a region.
-    pub fn resize_region(&self, name: &str, size: u64) -> anyhow::Result<RegionView> {
+    /// Resize a region (its size, or a block region's resident quota).
+    pub fn resize_region(
+        &self,
+        name: &str,
+        request: &ResizeRegionRequest,
+    ) -> anyhow::Result<RegionView> {
         match self {
             Route::Daemon { client, .. } => {
-                client.post(&region_path(name, Some("resize")), &ResizeRegionRequest { size })
+                client.post(&region_path(name, Some("resize")), request)
             }
-            Route::Direct(pool) => Ok(pool.resize_region(name, size)?.into()),
+            Route::Direct(regions) => regions.resize(name, request).map_err(said),
         }
     }
 
@@ -120,7 +126,58 @@ impl Route {
     pub fn delete_region(&self, name: &str) -> anyhow::Result<()> {
         match self {
             Route::Daemon { client, .. } => client.delete(&region_path(name, None)),
-            Route::Direct(pool) => Ok(pool.delete_region(name)?),
+            Route::Direct(regions) => regions.delete(name).map_err(said),
+        }
+    }
+
+    /// A block region's occupancy and counters.
+    pub fn region_stats(&self, name: &str) -> anyhow::Result<BlockStatsView> {
+        match self {
+            Route::Daemon { client, .. } => client.get(&region_path(name, Some("stats"))),
+            Route::Direct(regions) => regions.stats(name).map_err(said),
+        }
+    }
+
+    /// The exports: served ones from the daemon; without one, those
+    /// recorded in the pool (not serving).
+    pub fn exports(&self) -> anyhow::Result<Vec<ExportView>> {
+        match self {
+            Route::Daemon { client, .. } => client.get("/v1/exports"),
+            Route::Direct(regions) => Ok(regions
+                .recorded_exports()
+                .into_iter()
+                .filter_map(|(name, kind)| Some(ExportView::new(&name, &kind.ok()?, false)))
+                .collect()),
+        }
+    }
+
+    /// Export a block region; only a daemon serves exports.
+    pub fn add_export(&self, request: &AddExportRequest) -> anyhow::Result<ExportView> {
+        match self {
+            Route::Daemon { client, .. } => client.post("/v1/exports", request),
+            Route::Direct(regions) => {
+                regions.block(&request.region).map_err(said)?;
+                Err(anyhow!(
+                    "exports are served by the daemon and none is running for pool {}; start it \
+                     with `pmvisor serve`, then run this command again",
+                    regions.pool().path().display()
+                ))
+            }
+        }
+    }
+
+    /// Remove an export; without a daemon, its record in the pool (so the
+    /// daemon will not serve it when it starts).
+    pub fn remove_export(&self, name: &str) -> anyhow::Result<()> {
+        match self {
+            Route::Daemon { client, .. } => client.delete(&export_path(name)),
+            Route::Direct(regions) => {
+                let info = regions.pool().region(name)?;
+                if crate::daemon::exports::ExportKind::from_attrs(&info.attrs).is_none() {
+                    return Err(said(ExportError::NotExported(name.to_string()).into()));
+                }
+                regions.record_export(name, None).map_err(said)
+            }
         }
     }
 }

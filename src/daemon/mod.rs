@@ -1,15 +1,21 @@
-//! `pmvisor serve`: the daemon that owns the pool and serves the control API
-//! on a Unix socket.
+//! `pmvisor serve`: the daemon that owns the pool, serves the control API
+//! on a Unix socket and serves block regions to their clients.
 //!
 //! Start-up: the caller has already opened the pool (so a second daemon on
 //! the same pool fails with the pool's lock error naming the holder's PID);
-//! this module installs the signal handlers, binds the socket (creating its
-//! directory, replacing a stale socket file, refusing a live one), sets the
-//! socket's mode to 0660 and serves. Shutdown on SIGTERM or SIGINT: stop
-//! accepting, let in-flight requests finish, close the gate, drop the pool,
+//! this module opens every block region with the swap tier, installs the
+//! signal handlers, binds the socket (creating its directory, replacing a
+//! stale socket file, refusing a live one), sets the socket's mode to 0660,
+//! serves again every export recorded in the pool, and serves. Shutdown on
+//! SIGTERM or SIGINT: stop accepting API requests and let in-flight ones
+//! finish, stop every export (NBD clients get their answers and a clean
+//! disconnect), flush every block region, close the gate, drop the pool,
 //! remove the socket file (only if it is still the one we bound).
 
 pub mod api;
+pub mod exports;
+pub mod gated;
+pub mod regions;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -21,9 +27,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
 
+use pmvisor_blk::BlockDevice;
+
 use self::api::health::HealthView;
 use self::api::metrics::Metrics;
 use self::api::ApiState;
+use self::exports::Exports;
+use self::regions::Regions;
+use crate::block::BlockRegions;
 use crate::gate::Gate;
 use crate::pool::Pool;
 
@@ -33,32 +44,59 @@ pub const SOCKET_MODE: u32 = 0o660;
 /// How long shutdown waits for gated work to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serve the control API for `pool` on `socket` until SIGTERM or SIGINT.
-pub fn serve(pool: Pool, pool_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
+/// What `pmvisor serve` serves.
+#[derive(Debug)]
+pub struct ServeOptions {
+    /// The pool's canonical path, as given to clients.
+    pub pool_path: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// The swap tier file of block regions.
+    pub swap: PathBuf,
+}
+
+/// Serve the control API and the exports of `pool` until SIGTERM or SIGINT.
+pub fn serve(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pmvisor-api")
         .build()
         .context("cannot start the daemon's runtime")?;
-    runtime.block_on(run(pool, pool_path, socket))
+    runtime.block_on(run(pool, options))
 }
 
-async fn run(pool: Pool, pool_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
+async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
+    let ServeOptions { pool_path, socket, swap } = options;
     // Handlers first, so a signal right after the socket appears is handled.
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
+    let pool = Arc::new(pool);
+    let blocks = BlockRegions::open_file_swap(Arc::clone(&pool), &swap).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot open the block regions of {} ({}); check the swap tier (--swap-path) and run \
+             `pmvisor pool check`",
+            pool_path.display(),
+            api::sentence(&err)
+        )
+    })?;
     let bound = BoundSocket::bind(&socket)?;
     let listener = tokio::net::UnixListener::from_std(bound.listener.try_clone()?)
         .context("cannot hand the socket to the runtime")?;
 
+    let nbd_dir = socket.parent().map_or_else(|| PathBuf::from("nbd"), |dir| dir.join("nbd"));
     let state = Arc::new(ApiState {
-        pool: Arc::new(pool),
+        pool: Arc::clone(&pool),
+        regions: Arc::new(Regions::serving(pool, Arc::new(blocks))),
+        exports: Exports::new(),
+        nbd_dir,
+        changes: tokio::sync::Mutex::new(()),
         gate: Gate::new(),
         metrics: Metrics::new(),
         pool_path: pool_path.clone(),
         socket: socket.clone(),
     });
+    restore_exports(&state).await;
     let app = api::router(Arc::clone(&state));
     tracing::info!(
         pool = %pool_path.display(),
@@ -78,6 +116,12 @@ async fn run(pool: Pool, pool_path: PathBuf, socket: PathBuf) -> anyhow::Result<
         .await
         .context("the control API stopped")?;
 
+    state.exports.stop_all().await;
+    let regions = Arc::clone(&state.regions);
+    let flushed = tokio::task::spawn_blocking(move || flush_block_regions(&regions)).await;
+    if let Err(err) = flushed {
+        tracing::error!("flushing the block regions failed: {err}");
+    }
     match state.gate.close(DRAIN_TIMEOUT) {
         Ok(drained) => tracing::info!("gate closed after {:?}", drained.waited),
         Err(err) => tracing::warn!("{err}; closing the pool anyway"),
@@ -86,6 +130,47 @@ async fn run(pool: Pool, pool_path: PathBuf, socket: PathBuf) -> anyhow::Result<
     bound.remove();
     tracing::info!(pool = %pool_path.display(), "pmvisor daemon stopped");
     Ok(())
+}
+
+/// Serve again every export recorded in the pool. One that cannot be served
+/// (its address is taken, its transport is missing) is logged and stays
+/// recorded, so `pmvisor export list` shows it as not serving.
+async fn restore_exports(state: &api::SharedState) {
+    for (name, record) in state.regions.recorded_exports() {
+        let kind = match record {
+            Ok(kind) => kind,
+            Err(problem) => {
+                tracing::warn!(region = %name, "not serving a damaged export record: {problem}");
+                continue;
+            }
+        };
+        let region = match state.regions.block(&name) {
+            Ok(region) => region,
+            Err(err) => {
+                tracing::warn!(region = %name, "not serving the export: {}", err.message);
+                continue;
+            }
+        };
+        match state.exports.start(&name, region, state.gate.clone(), kind).await {
+            Ok(kind) => tracing::info!(region = %name, "serving export again ({kind})"),
+            Err(err) => {
+                tracing::warn!(region = %name, "cannot serve the export again: {}", api::sentence(&err))
+            }
+        }
+    }
+}
+
+/// Make every acknowledged write of every block region durable.
+fn flush_block_regions(regions: &Regions) {
+    let Ok(blocks) = regions.blocks() else { return };
+    for name in blocks.names() {
+        if let Some(region) = blocks.get(&name) {
+            match region.flush() {
+                Ok(()) => tracing::info!(region = %name, "flushed block region"),
+                Err(err) => tracing::error!(region = %name, "cannot flush block region: {err}"),
+            }
+        }
+    }
 }
 
 /// The listening socket and the identity of the file we bound, so that

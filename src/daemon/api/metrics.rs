@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
 //!
-//! Pool gauges are read from the pool at scrape time, so they are never
-//! stale; the request counter is kept by [`count_requests`], a middleware
+//! Pool gauges and block region figures are read at scrape time, so they
+//! are never stale; the request counter is kept by [`count_requests`], a middleware
 //! that labels each request with its route template (`/v1/regions/{name}`,
 //! never the raw path, so label cardinality stays bounded) and status.
 
@@ -17,9 +17,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::{read_pool, ApiError, SharedState};
+use super::{read_regions, ApiError, SharedState};
+use crate::daemon::regions::Regions;
 use crate::gate::Gate;
-use crate::pool::Pool;
 
 const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -34,6 +34,13 @@ pub struct Metrics {
     pool_free_pages: Gauge,
     regions: Gauge,
     region_size: Family<Labels, Gauge>,
+    block_resident: Family<Labels, Gauge>,
+    block_swapped: Family<Labels, Gauge>,
+    block_mrr: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    block_reads: Family<Labels, Counter>,
+    block_writes: Family<Labels, Counter>,
+    block_faults: Family<Labels, Counter>,
+    block_evictions: Family<Labels, Counter>,
     requests: Family<Labels, Counter>,
     gate_in_flight: Gauge,
     /// Serializes scrapes so one cannot clear the region gauges while
@@ -58,6 +65,13 @@ impl Metrics {
             pool_free_pages: Gauge::default(),
             regions: Gauge::default(),
             region_size: Family::default(),
+            block_resident: Family::default(),
+            block_swapped: Family::default(),
+            block_mrr: Family::default(),
+            block_reads: Family::default(),
+            block_writes: Family::default(),
+            block_faults: Family::default(),
+            block_evictions: Family::default(),
             requests: Family::default(),
             gate_in_flight: Gauge::default(),
             scrape: Mutex::new(()),
@@ -78,6 +92,41 @@ impl Metrics {
             "pmvisor_region_size_bytes",
             "Allocated size of each region",
             metrics.region_size.clone(),
+        );
+        registry.register(
+            "pmvisor_block_resident_blocks",
+            "Blocks of each block region held in pool frames",
+            metrics.block_resident.clone(),
+        );
+        registry.register(
+            "pmvisor_block_swapped_blocks",
+            "Blocks of each block region held in the swap tier",
+            metrics.block_swapped.clone(),
+        );
+        registry.register(
+            "pmvisor_block_mrr",
+            "Memory residence ratio of each block region: resident / (resident + swapped)",
+            metrics.block_mrr.clone(),
+        );
+        registry.register(
+            "pmvisor_block_reads",
+            "Read requests served by each block region since the daemon started",
+            metrics.block_reads.clone(),
+        );
+        registry.register(
+            "pmvisor_block_writes",
+            "Write requests served by each block region since the daemon started",
+            metrics.block_writes.clone(),
+        );
+        registry.register(
+            "pmvisor_block_faults",
+            "Blocks faulted in from the swap tier since the daemon started",
+            metrics.block_faults.clone(),
+        );
+        registry.register(
+            "pmvisor_block_evictions",
+            "Blocks evicted to the swap tier since the daemon started",
+            metrics.block_evictions.clone(),
         );
         registry.register(
             "pmvisor_api_requests",
@@ -102,9 +151,10 @@ impl Metrics {
         self.requests.get_or_create(&labels).inc();
     }
 
-    /// Read the pool and the gate and encode every metric.
-    pub fn render(&self, pool: &Pool, gate: &Gate) -> String {
+    /// Read the pool, its block regions and the gate and encode every metric.
+    pub fn render(&self, regions: &Regions, gate: &Gate) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pool = regions.pool();
         let info = pool.info();
         self.pool_size.set(saturating_i64(info.size));
         self.pool_data_pages.set(saturating_i64(info.data_pages));
@@ -115,11 +165,39 @@ impl Metrics {
             let labels = vec![("name".to_string(), region.name)];
             self.region_size.get_or_create(&labels).set(saturating_i64(region.size));
         }
+        self.render_blocks(regions);
         self.gate_in_flight.set(saturating_i64(gate.in_flight() as u64));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+impl Metrics {
+    /// Per block region figures. Counters are set by clearing the family
+    /// and counting each up from zero to the region's own counter.
+    fn render_blocks(&self, regions: &Regions) {
+        self.block_resident.clear();
+        self.block_swapped.clear();
+        self.block_mrr.clear();
+        for family in [&self.block_reads, &self.block_writes, &self.block_faults] {
+            family.clear();
+        }
+        self.block_evictions.clear();
+        let Ok(blocks) = regions.blocks() else { return };
+        for name in blocks.names() {
+            let Some(region) = blocks.get(&name) else { continue };
+            let stats = region.stats();
+            let labels = vec![("region".to_string(), name)];
+            self.block_resident.get_or_create(&labels).set(saturating_i64(stats.resident_blocks));
+            self.block_swapped.get_or_create(&labels).set(saturating_i64(stats.swapped_blocks));
+            self.block_mrr.get_or_create(&labels).set(stats.mrr);
+            self.block_reads.get_or_create(&labels).inc_by(stats.reads);
+            self.block_writes.get_or_create(&labels).inc_by(stats.writes);
+            self.block_faults.get_or_create(&labels).inc_by(stats.faults);
+            self.block_evictions.get_or_create(&labels).inc_by(stats.evictions);
+        }
     }
 }
 
@@ -130,7 +208,9 @@ fn saturating_i64(value: u64) -> i64 {
 /// `GET /metrics`.
 pub async fn get_metrics(State(state): State<SharedState>) -> Result<Response, ApiError> {
     let shared = std::sync::Arc::clone(&state);
-    let text = read_pool(&state, move |pool| Ok(shared.metrics.render(pool, &shared.gate))).await?;
+    let text =
+        read_regions(&state, move |regions| Ok(shared.metrics.render(regions, &shared.gate)))
+            .await?;
     Ok(([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], text).into_response())
 }
 

@@ -1,6 +1,6 @@
 //! The control API: JSON over HTTP/1.1 on the daemon's Unix socket.
 //!
-//! One file per resource (`pool`, `regions`, `health`, `metrics`), each with
+//! One file per resource (`pool`, `regions`, `exports`, `health`, `metrics`), each with
 //! its wire types and thin `parse_*` functions; this file holds the router,
 //! the shared state and the error body. The wire types are the API's own
 //! contract (documented in `api/openapi.yaml`), converted from the pool's
@@ -9,13 +9,18 @@
 //! the daemon or opened the pool itself.
 //!
 //! Pool calls block, so handlers run them in `spawn_blocking`; every
-//! mutating request holds a [`GateGuard`] for as long as its pool call runs.
+//! mutating request holds a [`GateGuard`] for as long as its pool call runs,
+//! and the daemon's change lock, so that one change (a region created,
+//! resized or deleted, an export added or removed) finishes before the next
+//! starts.
 
+pub mod exports;
 pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod regions;
 
+use std::error::Error;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,6 +30,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::exports::{ExportError, Exports};
+use super::regions::Regions;
+use crate::block::BlockError;
 use crate::gate::{Gate, GateGuard};
 use crate::pool::{ErrorKind, Pool, PoolError};
 
@@ -35,7 +43,15 @@ use self::metrics::Metrics;
 pub struct ApiState {
     /// The open pool, shared with blocking tasks.
     pub pool: Arc<Pool>,
-    /// The gate mutating requests pass through.
+    /// The pool's regions, block regions open.
+    pub regions: Arc<Regions>,
+    /// The exports being served.
+    pub exports: Exports,
+    /// Where default NBD sockets go: `<control socket dir>/nbd`.
+    pub nbd_dir: PathBuf,
+    /// Held by every change, so changes happen one at a time.
+    pub changes: tokio::sync::Mutex<()>,
+    /// The gate mutating requests and block I/O pass through.
     pub gate: Gate,
     /// The Prometheus registry and its metrics.
     pub metrics: Metrics,
@@ -58,6 +74,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/regions/{name}", get(regions::get_region).delete(regions::delete_region))
         .route("/v1/regions/{name}/rename", post(regions::rename_region))
         .route("/v1/regions/{name}/resize", post(regions::resize_region))
+        .route("/v1/regions/{name}/stats", get(regions::get_region_stats))
+        .route("/v1/exports", get(exports::list_exports).post(exports::add_export))
+        .route("/v1/exports/{name}", axum::routing::delete(exports::remove_export))
         .route("/metrics", get(metrics::get_metrics))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
@@ -88,7 +107,8 @@ impl ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, message: message.into() }
     }
 
-    fn internal(message: impl Into<String>) -> ApiError {
+    /// A 500 for a failure inside the daemon.
+    pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }
     }
 }
@@ -97,6 +117,51 @@ impl From<PoolError> for ApiError {
     fn from(err: PoolError) -> ApiError {
         ApiError { status: status_for(&err), message: err.to_string() }
     }
+}
+
+impl From<BlockError> for ApiError {
+    fn from(err: BlockError) -> ApiError {
+        let status = match &err {
+            BlockError::Pool(pool) => status_for(pool),
+            BlockError::NotBlock { .. } | BlockError::Invalid(_) => StatusCode::BAD_REQUEST,
+            BlockError::QuotaTooSmall { .. } => StatusCode::CONFLICT,
+            BlockError::Device { source: pmvisor_blk::DeviceError::NoSpace, .. } => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            BlockError::Corrupt { .. } | BlockError::Swap { .. } | BlockError::Device { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError { status, message: sentence(&err) }
+    }
+}
+
+impl From<ExportError> for ApiError {
+    fn from(err: ExportError) -> ApiError {
+        let status = match &err {
+            ExportError::AlreadyExported { .. } => StatusCode::CONFLICT,
+            ExportError::NotExported(_) => StatusCode::NOT_FOUND,
+            ExportError::UblkNotWired { .. } => StatusCode::NOT_IMPLEMENTED,
+            ExportError::SocketDir { .. } | ExportError::Nbd { .. } => StatusCode::BAD_REQUEST,
+        };
+        let mut message = sentence(&err);
+        if matches!(err, ExportError::SocketDir { .. } | ExportError::Nbd { .. }) {
+            message.push_str("; choose another address with --nbd unix:PATH or --nbd tcp:IP:PORT");
+        }
+        ApiError { status, message }
+    }
+}
+
+/// An error and its causes as one line: `what failed: why: why`.
+pub fn sentence(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl IntoResponse for ApiError {
@@ -127,20 +192,37 @@ where
     join(tokio::task::spawn_blocking(move || work(&pool)).await)
 }
 
-/// Run a mutating pool call on the blocking pool, inside the gate.
-async fn write_pool<T, F>(state: &SharedState, work: F) -> Result<T, ApiError>
+/// Run a read-only region call on the blocking pool.
+async fn read_regions<T, F>(state: &SharedState, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&Pool) -> Result<T, ApiError> + Send + 'static,
+    F: FnOnce(&Regions) -> Result<T, ApiError> + Send + 'static,
 {
-    let guard: GateGuard = state.gate.enter().map_err(|closed| ApiError {
+    let regions = Arc::clone(&state.regions);
+    join(tokio::task::spawn_blocking(move || work(&regions)).await)
+}
+
+/// Enter the gate for a change, or answer 503.
+pub(crate) fn enter_gate(state: &SharedState) -> Result<GateGuard, ApiError> {
+    state.gate.enter().map_err(|closed| ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: format!("{closed}; retry once the daemon is serving again"),
-    })?;
-    let pool = Arc::clone(&state.pool);
+    })
+}
+
+/// Run a mutating region call on the blocking pool, inside the gate and
+/// holding the change lock.
+async fn write_regions<T, F>(state: &SharedState, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Regions) -> Result<T, ApiError> + Send + 'static,
+{
+    let _one_change = state.changes.lock().await;
+    let guard = enter_gate(state)?;
+    let regions = Arc::clone(&state.regions);
     join(
         tokio::task::spawn_blocking(move || {
-            let result = work(&pool);
+            let result = work(&regions);
             drop(guard);
             result
         })
@@ -209,6 +291,10 @@ mod tests {
         ("delete", "/v1/regions/{name}"),
         ("post", "/v1/regions/{name}/rename"),
         ("post", "/v1/regions/{name}/resize"),
+        ("get", "/v1/regions/{name}/stats"),
+        ("get", "/v1/exports"),
+        ("post", "/v1/exports"),
+        ("delete", "/v1/exports/{name}"),
         ("get", "/metrics"),
     ];
 

@@ -337,39 +337,78 @@ impl BlockRegion {
         if let Some(frame) = st.free.pop() {
             return Ok(frame);
         }
-        self.evict_one(st)
-    }
-
-    fn evict_one(&self, st: &mut State) -> Result<u64, DeviceError> {
-        let tier = self.swap.as_ref().ok_or(DeviceError::NoSpace)?;
-        let frames = st.frames;
-        let owner = &st.owner;
-        let frame = st
-            .policy
-            .choose(&|f| owner.get(f as usize).is_some_and(|&b| b != NO_BLOCK), frames)
-            .ok_or(DeviceError::NoSpace)?;
-        self.evict_frame(st, tier, frame)?;
+        // Make room for the writes that follow too: one swap sync and one
+        // map persist per batch instead of per block.
+        let batch = (st.frames / 16).clamp(1, 32);
+        let mut freed = self.evict_batch(st, batch)?;
+        let frame = freed.pop().expect("a batch frees at least one frame");
+        st.free.extend(freed);
         Ok(frame)
     }
 
-    /// Move the block in `frame` to a swap slot; the frame is then unowned
-    /// (the caller uses or frees it).
-    fn evict_frame(&self, st: &mut State, tier: &SwapTier, frame: u64) -> Result<(), DeviceError> {
-        let block = st.owner[frame as usize];
+    /// Evict up to `count` blocks the policy picks, as one batch: their
+    /// data goes to swap slots, one swap sync makes it durable, then their
+    /// map entries are written and persisted together, and only then are
+    /// the frames unowned (returned for the caller to use or free).
+    fn evict_batch(&self, st: &mut State, count: u64) -> Result<Vec<u64>, DeviceError> {
+        let tier = self.swap.clone().ok_or(DeviceError::NoSpace)?;
+        let frames = st.frames;
+        let mut picked: Vec<u64> = Vec::new();
+        {
+            let State { policy, owner, .. } = &mut *st;
+            let mut chosen = BTreeSet::new();
+            for _ in 0..count {
+                let occupied = |f: u64| {
+                    owner.get(f as usize).is_some_and(|&b| b != NO_BLOCK) && !chosen.contains(&f)
+                };
+                match policy.choose(&occupied, frames) {
+                    Some(f) => {
+                        chosen.insert(f);
+                        picked.push(f);
+                    }
+                    None => break,
+                }
+            }
+        }
+        if picked.is_empty() {
+            return Err(DeviceError::NoSpace);
+        }
+        let mut slots = Vec::with_capacity(picked.len());
         let mut data = vec![0u8; BLOCK as usize];
-        self.media.read(self.frame_offset(st, frame), &mut data).map_err(io)?;
-        let slot = tier.slots.lock().unwrap_or_else(|p| p.into_inner()).allocate();
-        let stored = tier.store.write_slot(slot, &data).and_then(|()| tier.store.sync());
+        let stored = (|| {
+            for &frame in &picked {
+                self.media.read(self.frame_offset(st, frame), &mut data)?;
+                let slot = tier.slots.lock().unwrap_or_else(|p| p.into_inner()).allocate();
+                slots.push(slot);
+                tier.store.write_slot(slot, &data)?;
+            }
+            tier.store.sync()
+        })();
         if let Err(e) = stored {
-            tier.slots.lock().unwrap_or_else(|p| p.into_inner()).release(slot);
+            let mut allocator = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.iter().for_each(|&s| allocator.release(s));
             return Err(io(e));
         }
-        self.set_entry(st, block, BlockState::Swapped(slot), true)?;
-        st.owner[frame as usize] = NO_BLOCK;
-        st.policy.forget(frame);
-        st.dirty_frames.remove(&frame);
-        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let mut pages = BTreeSet::new();
+        for (&frame, &slot) in picked.iter().zip(&slots) {
+            let block = st.owner[frame as usize];
+            let raw = BlockState::Swapped(slot).encode();
+            st.map[block as usize] = raw;
+            let (at, page) = self.entry_offset(st, block);
+            self.media.write(at, &raw.to_le_bytes()).map_err(io)?;
+            pages.insert(page);
+        }
+        for &page in &pages {
+            self.media.flush(st.layout.offset(page), PAGE_SIZE).map_err(io)?;
+        }
+        self.media.barrier().map_err(io)?;
+        for &frame in &picked {
+            st.owner[frame as usize] = NO_BLOCK;
+            st.policy.forget(frame);
+            st.dirty_frames.remove(&frame);
+        }
+        self.counters.evictions.fetch_add(picked.len() as u64, Ordering::Relaxed);
+        Ok(picked)
     }
 
     /// Put `block` (now in `from`) into a new frame holding `data`; the
@@ -398,8 +437,9 @@ impl BlockRegion {
         st.owner[frame as usize] = block;
         st.policy.touch(frame);
         if let (Some(slot), Some(tier)) = (swapped_from, &self.swap) {
+            // No discard: a slot freed by a fault is soon reused by an
+            // eviction, and punching a hole costs a journal commit on disk.
             tier.slots.lock().unwrap_or_else(|p| p.into_inner()).release(slot);
-            tier.store.discard_slot(slot);
         }
         Ok(frame)
     }
@@ -537,18 +577,19 @@ impl BlockRegion {
         }
         let resident_now = old_frames - st.free.len() as u64;
         if resident_now > new_frames {
-            let Some(tier) = self.swap.clone() else {
+            if self.swap.is_none() {
                 return Err(BlockError::QuotaTooSmall {
                     name: self.name.clone(),
                     resident: resident_now,
                     frames: new_frames,
                 });
-            };
-            for _ in new_frames..resident_now {
-                let frame = self.evict_one(&mut st).map_err(device)?;
-                st.free.push(frame);
             }
-            let _ = tier;
+            let mut left = resident_now - new_frames;
+            while left > 0 {
+                let freed = self.evict_batch(&mut st, left.min(4096)).map_err(device)?;
+                left -= freed.len() as u64;
+                st.free.extend(freed);
+            }
         }
         // Compact: move blocks in frames past the new end into free frames
         // below it, each move durable before its old frame is let go.

@@ -530,27 +530,123 @@ impl BlockRegion {
 
     /// Persist every dirty frame and map page, in as few ranges as possible.
     fn flush_locked(&self, st: &mut State) -> Result<(), DeviceError> {
-        let mut ranges: Vec<u64> = st
+        let offsets: Vec<u64> = st
             .dirty_frames
             .iter()
             .map(|&f| self.frame_offset(st, f))
             .chain(st.dirty_map_pages.iter().map(|&p| st.layout.offset(p)))
             .collect();
-        ranges.sort_unstable();
+        self.persist_pages(offsets)?;
+        st.dirty_frames.clear();
+        st.dirty_map_pages.clear();
+        Ok(())
+    }
+
+    /// Make the pages at these medium offsets durable: one flush per
+    /// contiguous run, one barrier for all.
+    fn persist_pages(&self, mut offsets: Vec<u64>) -> Result<(), DeviceError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        offsets.sort_unstable();
+        offsets.dedup();
         let mut i = 0;
-        while i < ranges.len() {
-            let start = ranges[i];
+        while i < offsets.len() {
+            let start = offsets[i];
             let mut end = start + PAGE_SIZE;
             i += 1;
-            while i < ranges.len() && ranges[i] == end {
+            while i < offsets.len() && offsets[i] == end {
                 end += PAGE_SIZE;
                 i += 1;
             }
             self.media.flush(start, end - start).map_err(io)?;
         }
-        self.media.barrier().map_err(io)?;
-        st.dirty_frames.clear();
-        st.dirty_map_pages.clear();
+        self.media.barrier().map_err(io)
+    }
+
+    /// Point every `(block, frame, slot)` of a batch at its new frame. The
+    /// frames' data must already be written; it is made durable first, then
+    /// the entries (now if `durable`, or when a slot is freed, else at the
+    /// next flush), and only then are the old swap slots let go.
+    fn commit_placements(
+        &self,
+        st: &mut State,
+        placed: &[(u64, u64, Option<u64>)],
+        durable: bool,
+    ) -> Result<(), DeviceError> {
+        if placed.is_empty() {
+            return Ok(());
+        }
+        self.persist_pages(placed.iter().map(|&(_, f, _)| self.frame_offset(st, f)).collect())?;
+        let mut pages = Vec::new();
+        for &(block, frame, _) in placed {
+            let raw = BlockState::Resident(frame).encode();
+            st.map[block as usize] = raw;
+            let (at, page) = self.entry_offset(st, block);
+            self.media.write(at, &raw.to_le_bytes()).map_err(io)?;
+            pages.push(page);
+            st.owner[frame as usize] = block;
+            st.policy.touch(frame);
+        }
+        let frees_slots = placed.iter().any(|p| p.2.is_some());
+        if durable || frees_slots {
+            self.persist_pages(pages.iter().map(|&p| st.layout.offset(p)).collect())?;
+        } else {
+            st.dirty_map_pages.extend(pages);
+        }
+        if let Some(tier) = &self.swap {
+            let mut slots = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
+            for slot in placed.iter().filter_map(|p| p.2) {
+                // No discard: a slot freed by a fault is soon reused by an
+                // eviction, and punching a hole costs a journal commit on disk.
+                slots.release(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring every swapped block of `first..first+count` back into frames,
+    /// as one batch (one persist of the frames, one of the entries).
+    fn fault_in_range(&self, st: &mut State, first: u64, count: u64) -> Result<(), DeviceError> {
+        let swapped: Vec<(u64, u64)> = (first..first + count)
+            .filter_map(|b| match BlockState::decode(st.map[b as usize]) {
+                Some(BlockState::Swapped(slot)) => Some((b, slot)),
+                _ => None,
+            })
+            .collect();
+        if swapped.is_empty() {
+            return Ok(());
+        }
+        let tier = self.swap.clone().ok_or_else(|| {
+            DeviceError::Io(std::io::Error::other("a swapped block without a swap tier"))
+        })?;
+        // Never more at once than the quota can hold beside the others.
+        let batch = (st.frames as usize / 2).max(1);
+        let mut data = vec![0u8; BLOCK as usize];
+        for chunk in swapped.chunks(batch) {
+            let mut placed = Vec::with_capacity(chunk.len());
+            for &(block, slot) in chunk {
+                let frame = match self.take_frame(st) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        st.free.extend(placed.iter().map(|&(_, f, _)| f));
+                        return Err(e);
+                    }
+                };
+                let read = tier
+                    .store
+                    .read_slot(slot, &mut data)
+                    .and_then(|()| self.media.write(self.frame_offset(st, frame), &data));
+                if let Err(e) = read {
+                    st.free.push(frame);
+                    st.free.extend(placed.iter().map(|&(_, f, _)| f));
+                    return Err(io(e));
+                }
+                placed.push((block, frame, Some(slot)));
+            }
+            self.commit_placements(st, &placed, true)?;
+            self.counters.faults.fetch_add(placed.len() as u64, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -669,9 +765,16 @@ impl BlockDevice for BlockRegion {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         check_range(offset, buf.len() as u64, self.size)?;
         let mut st = self.lock();
+        if !buf.is_empty() {
+            let first = offset / BLOCK;
+            let last = (offset + buf.len() as u64 - 1) / BLOCK;
+            self.fault_in_range(&mut st, first, last - first + 1)?;
+        }
         let mut done = 0usize;
         for (block, within, n) in Self::pieces(offset, buf.len() as u64) {
             let piece = &mut buf[done..done + n as usize];
+            // Resident now, unless the quota is smaller than this request
+            // and faulting a later block evicted it: then it faults alone.
             match self.resident_frame(&mut st, block)? {
                 Some(frame) => {
                     self.media.read(self.frame_offset(&st, frame) + within, piece).map_err(io)?
@@ -687,11 +790,52 @@ impl BlockDevice for BlockRegion {
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
         check_range(offset, data.len() as u64, self.size)?;
         let mut st = self.lock();
+        let mut placed: Vec<(u64, u64, Option<u64>)> = Vec::new();
         let mut done = 0usize;
+        let mut result = Ok(());
         for (block, within, n) in Self::pieces(offset, data.len() as u64) {
-            self.write_block(&mut st, block, within, &data[done..done + n as usize])?;
+            let piece = &data[done..done + n as usize];
             done += n as usize;
+            let whole = n == BLOCK;
+            let fresh = match BlockState::decode(st.map[block as usize]) {
+                Some(BlockState::Unmapped) => Some(None),
+                Some(BlockState::Swapped(slot)) if whole => Some(Some(slot)),
+                _ => None,
+            };
+            let Some(old_slot) = fresh else {
+                result = self.write_block(&mut st, block, within, piece);
+                if result.is_err() {
+                    break;
+                }
+                continue;
+            };
+            // A new frame: data first, the entry only after it is durable.
+            let frame = match self.take_frame(&mut st) {
+                Ok(f) => f,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let at = self.frame_offset(&st, frame);
+            let written = if whole {
+                self.media.write(at, piece)
+            } else {
+                let mut full = vec![0u8; BLOCK as usize];
+                full[within as usize..within as usize + piece.len()].copy_from_slice(piece);
+                self.media.write(at, &full)
+            };
+            if let Err(e) = written {
+                st.free.push(frame);
+                result = Err(io(e));
+                break;
+            }
+            placed.push((block, frame, old_slot));
         }
+        // Blocks placed before a failure are still committed: their data is
+        // in their frames, as the client may have partly expected.
+        self.commit_placements(&mut st, &placed, fua)?;
+        result?;
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         if fua {
             self.flush_locked(&mut st)?;

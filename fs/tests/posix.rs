@@ -465,3 +465,21 @@ fn data_survives_unmount_and_remount() {
     assert!(m.fs().check().unwrap().is_clean());
     assert!(m.fs().check_rvm().unwrap().is_clean());
 }
+
+#[test]
+fn closing_a_written_file_waits_for_its_commit_and_reading_one_does_not() {
+    let Some(m) = mounted(4096) else { return };
+    let path = m.path("durable");
+    let mut f = std::fs::File::create(&path).unwrap();
+    m.fs().commit_now().unwrap();
+    let before_write = m.fs().rvm().durable_sequence();
+    f.write_all(b"made durable by close").unwrap();
+    assert_eq!(m.fs().rvm().durable_sequence(), before_write, "a write alone commits nothing");
+    drop(f);
+    let after_close = m.fs().rvm().durable_sequence();
+    assert!(after_close > before_write, "close returned before the commit was durable");
+    let mut text = String::new();
+    std::fs::File::open(&path).unwrap().read_to_string(&mut text).unwrap();
+    assert_eq!(text, "made durable by close");
+    assert_eq!(m.fs().rvm().durable_sequence(), after_close, "a read-only close commits nothing");
+}

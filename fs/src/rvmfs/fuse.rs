@@ -218,6 +218,18 @@ fn groups_of(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// How the kernel treats an open file: its page cache stays valid across
+/// opens (every change goes through this mount, write-through, so the cache
+/// cannot go stale), and a read-only open skips the FLUSH round trip on
+/// close (only a written handle's close is a commit point).
+fn open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
+    } else {
+        FopenFlags::FOPEN_KEEP_CACHE
+    }
+}
+
 fn file_type(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
@@ -455,7 +467,7 @@ impl<S: PageStore + 'static> Filesystem for FuseAdapter<S> {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open_file(&self.caller(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -499,11 +511,11 @@ impl<S: PageStore + 'static> Filesystem for FuseAdapter<S> {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply_empty(self.fs.flush(fh.0), reply);
     }
 
     fn release(
@@ -695,7 +707,7 @@ impl<S: PageStore + 'static> Filesystem for FuseAdapter<S> {
                     &attr(&inode),
                     Generation(inode.generation),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    FopenFlags::FOPEN_KEEP_CACHE,
                 );
             }
             Err(e) => reply.error(errno(&e)),

@@ -599,6 +599,20 @@ impl<S: PageStore + 'static> RvmFs<S> {
         self.unpin(handle.ino, |pins| pins.opens = pins.opens.saturating_sub(1))
     }
 
+    /// `flush` (every `close` of the handle): a handle that wrote since its
+    /// last flush is a commit point, and the close waits for it to be
+    /// durable (SPEC §7: a close of a written file asks for durability).
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let written = match self.lock().handles.get_mut(&fh) {
+            Some(handle) => std::mem::take(&mut handle.written),
+            None => return Err(posix(libc::EBADF)),
+        };
+        if written {
+            self.commit_point(Durability::Wait)?;
+        }
+        Ok(())
+    }
+
     /// Marks a handle as having written.
     pub(crate) fn mark_written(&self, fh: Option<u64>) {
         if let Some(fh) = fh {

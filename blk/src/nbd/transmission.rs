@@ -263,32 +263,14 @@ where
                 if runs_inline(op) {
                     // Small plain reads and writes are a copy in and out of
                     // memory: cheaper here than a hop to the blocking pool.
-                    let run = || execute(&*device, op, &payload, handle, structured);
-                    let frame = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
-                        tracing::error!(
-                            handle,
-                            ?op,
-                            "block device panicked serving an NBD request"
-                        );
-                        let failure = DeviceError::Io(io::Error::other("device panicked"));
-                        ReplyFrame::error(handle, failure.errno(), "device failure", structured)
-                    });
+                    let frame = execute_guarded(&*device, op, &payload, handle, structured);
                     let _ = frames.send(frame.holding(permits));
                     continue;
                 }
                 let device = Arc::clone(&device);
                 let frames = frames.clone();
                 tokio::task::spawn_blocking(move || {
-                    let run = || execute(&*device, op, &payload, handle, structured);
-                    let frame = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
-                        tracing::error!(
-                            handle,
-                            ?op,
-                            "block device panicked serving an NBD request"
-                        );
-                        let failure = DeviceError::Io(io::Error::other("device panicked"));
-                        ReplyFrame::error(handle, failure.errno(), "device failure", structured)
-                    });
+                    let frame = execute_guarded(&*device, op, &payload, handle, structured);
                     let _ = frames.send(frame.holding(permits));
                 });
             }
@@ -386,6 +368,23 @@ async fn acquire(
         permits.push(p);
     }
     permits
+}
+
+/// [`execute`], with a panicking device answered as an I/O error instead of
+/// taking the connection down.
+fn execute_guarded(
+    device: &dyn BlockDevice,
+    op: Op,
+    payload: &[u8],
+    handle: u64,
+    structured: bool,
+) -> ReplyFrame {
+    let run = || execute(device, op, payload, handle, structured);
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
+        tracing::error!(handle, ?op, "block device panicked serving an NBD request");
+        let failure = DeviceError::Io(io::Error::other("device panicked"));
+        ReplyFrame::error(handle, failure.errno(), "device failure", structured)
+    })
 }
 
 /// Perform one validated request on the device and build its reply.

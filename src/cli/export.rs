@@ -1,5 +1,5 @@
-//! `pmvisor export ...`: serve block regions to clients (NBD, or ublk), list
-//! and remove exports.
+//! `pmvisor export ...`: serve block regions to clients (NBD, or ublk as
+//! `/dev/ublkbN`), list and remove exports.
 //!
 //! Exports are served by the daemon: `export add` needs `pmvisor serve` to
 //! run. An export is recorded in the pool and served again when the daemon
@@ -37,9 +37,10 @@ pub enum ExportCommand {
         #[arg(long, requires = "ublk")]
         depth: Option<u16>,
     },
-    /// List the exports with their addresses and client URIs
+    /// List the exports with their addresses (ublk: devices) and client URIs
     List,
-    /// Stop serving a region (its clients are disconnected) and forget the export
+    /// Stop serving a region (NBD clients are disconnected, a ublk device is
+    /// stopped and deleted) and forget the export
     Remove {
         /// The exported region
         name: String,
@@ -76,7 +77,12 @@ pub fn run(command: ExportCommand, settings: &Settings) -> anyhow::Result<()> {
                     export.region,
                     export.address.as_deref().unwrap_or_default()
                 ),
-                None => println!("Exported block region {}.", export.region),
+                None => match &export.device {
+                    Some(device) => {
+                        println!("Exported block region {} as {device}.", export.region)
+                    }
+                    None => println!("Exported block region {}.", export.region),
+                },
             }
         }
         ExportCommand::List => {

@@ -127,6 +127,7 @@ pub fn block_stats_table(name: &str, stats: &BlockStatsView) -> Table {
 /// `export list` for people.
 pub fn exports_table(exports: &[ExportView]) -> Table {
     let mut table = plain_table();
+    // ADDRESS is the listen address of NBD and the device of ublk.
     table.set_header(vec!["REGION", "TRANSPORT", "ADDRESS", "URI", "STATE"]);
     for export in exports {
         let transport = serde_json::to_value(export.transport)
@@ -136,7 +137,7 @@ pub fn exports_table(exports: &[ExportView]) -> Table {
         table.add_row(vec![
             export.region.clone(),
             transport,
-            export.address.clone().unwrap_or_else(|| "-".to_string()),
+            export.address.clone().or_else(|| export.device.clone()).unwrap_or_else(|| "-".into()),
             export.uri.clone().unwrap_or_else(|| "-".to_string()),
             if export.serving { "serving" } else { "not serving" }.to_string(),
         ]);

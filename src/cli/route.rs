@@ -173,10 +173,26 @@ impl Route {
             Route::Daemon { client, .. } => client.delete(&export_path(name)),
             Route::Direct(regions) => {
                 let info = regions.pool().region(name)?;
-                if crate::daemon::exports::ExportKind::from_attrs(&info.attrs).is_none() {
+                let Some(kind) = crate::daemon::exports::ExportKind::from_attrs(&info.attrs) else {
                     return Err(said(ExportError::NotExported(name.to_string()).into()));
+                };
+                regions.record_export(name, None).map_err(said)?;
+                // A daemon that died leaves its ublk device waiting for a
+                // successor; with the record gone none will come.
+                if matches!(kind, Ok(crate::daemon::exports::ExportKind::Ublk { .. })) {
+                    let deleted =
+                        crate::daemon::exports::delete_orphaned_ublk(name).map_err(|err| {
+                            anyhow!(
+                            "the export record of {name} is gone but its ublk device could not \
+                             be deleted ({}); delete it with `ublk del`",
+                            crate::daemon::api::sentence(&err)
+                        )
+                        })?;
+                    for device in deleted {
+                        tracing::info!(region = %name, "deleted the ublk device {}", device.display());
+                    }
                 }
-                regions.record_export(name, None).map_err(said)
+                Ok(())
             }
         }
     }

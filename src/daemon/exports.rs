@@ -5,14 +5,23 @@
 //! An export is one block region on one transport ([`ExportKind`]): NBD on
 //! a listen address, or ublk. The daemon runs one [`NbdServer`] with one
 //! listener per NBD export, so removing an export closes exactly its own
-//! socket and clients. Every request goes through the daemon's gate
-//! ([`GatedRegion`]).
+//! socket and clients, and one ublk device (`/dev/ublkbN`) per ublk export.
+//! Every request goes through the daemon's gate ([`GatedRegion`]).
 //!
 //! Persistence: an export is a region attribute, `export.nbd` holding the
 //! listen address (`unix:/run/pmvisor/nbd/disk.sock`, `tcp:127.0.0.1:10809`)
 //! or `export.ublk` holding the ublk options. The attribute is written once
 //! the export serves and removed with it; at start the daemon serves every
 //! region that carries one.
+//!
+//! ublk devices outlive a daemon that dies (they are created with user
+//! recovery) and carry the region name as their label. Serving a ublk
+//! export first looks for a device with that label: one whose server died
+//! (QUIESCED, or still LIVE until the driver notices) is recovered, so its
+//! users see a pause rather than an I/O error; one that cannot be recovered
+//! (stopped, or of another size) is deleted and a new device is added. A
+//! device still served by a live process is refused. Stopping a ublk export
+//! (remove, shutdown) stops and deletes its device.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pmvisor_blk::nbd::{ListenAddr, NbdError, NbdListener, NbdServer};
+use pmvisor_blk::ublk::{self, DeviceState, UblkError, UblkHandle, UblkOptions, UblkTarget};
+use pmvisor_blk::BlockDevice;
 
 use super::gated::GatedRegion;
 use crate::block::BlockRegion;
@@ -57,12 +68,24 @@ pub enum ExportError {
     /// The region has no export.
     #[error("region {0:?} is not exported; `pmvisor export list` shows the exports")]
     NotExported(String),
-    /// ublk is not served by this daemon yet.
+    /// The ublk target could not serve, recover or stop the region's
+    /// device (the source says why: no driver, a refused device, a timeout).
+    #[error("cannot serve region {name:?} as a ublk device")]
+    Ublk {
+        name: String,
+        #[source]
+        source: UblkError,
+    },
+    /// A ublk device labelled with the region is served by another process.
     #[error(
-        "pmvisor serve cannot attach region {name:?} as a ublk device yet (the ublk target is \
-         not wired into the daemon); export it over NBD with `pmvisor export add {name} --nbd`"
+        "ublk device {} already serves region {name:?} for process {pid}; stop that process \
+         or delete the device before exporting the region again",
+        path.display()
     )]
-    UblkNotWired { name: String },
+    UblkInUse { name: String, path: PathBuf, pid: i32 },
+    /// The blocking task that drives the ublk target failed.
+    #[error("the ublk task for region {name:?} did not finish: {reason}")]
+    UblkTask { name: String, reason: String },
     /// The directory of the export's Unix socket could not be created.
     #[error("cannot create the NBD socket directory {}", path.display())]
     SocketDir {
@@ -167,12 +190,39 @@ pub fn parse_nbd_address(
     }
 }
 
+/// What serves one export.
+#[derive(Debug)]
+enum Serving {
+    /// Its own NBD server and listener.
+    Nbd { server: NbdServer, listener: NbdListener },
+    /// Its ublk device.
+    Ublk(UblkHandle),
+}
+
 /// One export being served.
 #[derive(Debug)]
 struct RunningExport {
     kind: ExportKind,
-    server: NbdServer,
-    listener: NbdListener,
+    serving: Serving,
+}
+
+impl RunningExport {
+    fn served(&self) -> Served {
+        let device = match &self.serving {
+            Serving::Ublk(handle) => Some(handle.path()),
+            Serving::Nbd { .. } => None,
+        };
+        Served { kind: self.kind.clone(), device }
+    }
+}
+
+/// An export as it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The export (a TCP port 0 replaced by the port bound).
+    pub kind: ExportKind,
+    /// ublk: the block device, `/dev/ublkbN`.
+    pub device: Option<PathBuf>,
 }
 
 /// The exports the daemon serves now, by region name.
@@ -188,14 +238,14 @@ impl Exports {
     }
 
     /// Serve `region` as `name` through `gate`; returns the export as it
-    /// runs (a TCP port 0 replaced by the port bound).
+    /// runs.
     pub async fn start(
         &self,
         name: &str,
         region: Arc<BlockRegion>,
         gate: Gate,
         kind: ExportKind,
-    ) -> Result<ExportKind, ExportError> {
+    ) -> Result<Served, ExportError> {
         let mut running = self.running.lock().await;
         if let Some(existing) = running.get(name) {
             return Err(ExportError::AlreadyExported {
@@ -203,52 +253,184 @@ impl Exports {
                 kind: existing.kind.clone(),
             });
         }
-        let addr = match kind {
-            ExportKind::Nbd(addr) => addr,
-            ExportKind::Ublk { .. } => {
-                return Err(ExportError::UblkNotWired { name: name.to_string() })
+        let device = Arc::new(GatedRegion::new(region, gate));
+        let export = match kind {
+            ExportKind::Nbd(addr) => start_nbd(name, device, addr).await?,
+            ExportKind::Ublk { queues, depth } => {
+                let owned = name.to_string();
+                let handle =
+                    blocking(name, move || serve_ublk(&owned, device, queues, depth)).await??;
+                RunningExport { kind, serving: Serving::Ublk(handle) }
             }
         };
-        let nbd = |source| ExportError::Nbd { name: name.to_string(), addr: addr.clone(), source };
-        if let ListenAddr::Unix(path) = &addr {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|source| ExportError::SocketDir { path: dir.to_path_buf(), source })?;
-            }
-        }
-        let server = NbdServer::new();
-        server.add_export(name, Arc::new(GatedRegion::new(region, gate)), false).map_err(nbd)?;
-        let listener = server.listen(&addr).await.map_err(nbd)?;
-        let kind = ExportKind::Nbd(listener.local_addr().clone());
-        running.insert(name.to_string(), RunningExport { kind: kind.clone(), server, listener });
-        Ok(kind)
+        let served = export.served();
+        running.insert(name.to_string(), export);
+        Ok(served)
     }
 
-    /// Stop serving `name`: stop accepting, let its clients' requests in
-    /// flight finish, disconnect them, remove its socket file.
+    /// Stop serving `name`. NBD: stop accepting, let its clients' requests
+    /// in flight finish, disconnect them, remove its socket file. ublk:
+    /// stop the device (its queues end once their requests are answered)
+    /// and delete it.
     pub async fn stop(&self, name: &str) -> Result<ExportKind, ExportError> {
         let export = self.running.lock().await.remove(name);
         let export = export.ok_or_else(|| ExportError::NotExported(name.to_string()))?;
-        export.listener.stop().await;
-        let _ = export.server.remove_export(name);
-        Ok(export.kind)
+        stop_export(name, export).await
     }
 
-    /// Stop every export (shutdown), each as [`Exports::stop`] does.
+    /// Stop every export (shutdown), each as [`Exports::stop`] does; a
+    /// failure is logged and the others still stop.
     pub async fn stop_all(&self) {
         let all = std::mem::take(&mut *self.running.lock().await);
         for (name, export) in all {
-            export.listener.stop().await;
-            let _ = export.server.remove_export(&name);
-            tracing::info!(region = %name, "stopped export");
+            match stop_export(&name, export).await {
+                Ok(kind) => tracing::info!(region = %name, "stopped export ({kind})"),
+                Err(err) => tracing::error!(region = %name, "cannot stop the export: {err}"),
+            }
         }
     }
 
     /// The exports being served, by region name.
-    pub async fn list(&self) -> BTreeMap<String, ExportKind> {
+    pub async fn list(&self) -> BTreeMap<String, Served> {
         let running = self.running.lock().await;
-        running.iter().map(|(name, export)| (name.clone(), export.kind.clone())).collect()
+        running.iter().map(|(name, export)| (name.clone(), export.served())).collect()
     }
+}
+
+async fn start_nbd(
+    name: &str,
+    device: Arc<GatedRegion>,
+    addr: ListenAddr,
+) -> Result<RunningExport, ExportError> {
+    let nbd = |source| ExportError::Nbd { name: name.to_string(), addr: addr.clone(), source };
+    if let ListenAddr::Unix(path) = &addr {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| ExportError::SocketDir { path: dir.to_path_buf(), source })?;
+        }
+    }
+    let server = NbdServer::new();
+    server.add_export(name, device, false).map_err(nbd)?;
+    let listener = server.listen(&addr).await.map_err(nbd)?;
+    let kind = ExportKind::Nbd(listener.local_addr().clone());
+    Ok(RunningExport { kind, serving: Serving::Nbd { server, listener } })
+}
+
+async fn stop_export(name: &str, export: RunningExport) -> Result<ExportKind, ExportError> {
+    match export.serving {
+        Serving::Nbd { server, listener } => {
+            listener.stop().await;
+            let _ = server.remove_export(name);
+        }
+        Serving::Ublk(handle) => {
+            let owned = name.to_string();
+            blocking(name, move || {
+                handle.stop().map_err(|source| ExportError::Ublk { name: owned, source })
+            })
+            .await??;
+        }
+    }
+    Ok(export.kind)
+}
+
+/// Run `work` on the blocking pool: the ublk target waits on the driver.
+async fn blocking<T, F>(name: &str, work: F) -> Result<T, ExportError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ExportError::UblkTask { name: name.to_string(), reason: err.to_string() })
+}
+
+/// Serve `device` as the ublk device of region `name`: recover the device
+/// a dead daemon left for it, or add a new one.
+fn serve_ublk(
+    name: &str,
+    device: Arc<GatedRegion>,
+    queues: Option<u16>,
+    depth: Option<u16>,
+) -> Result<UblkHandle, ExportError> {
+    let ublk = |source| ExportError::Ublk { name: name.to_string(), source };
+    let defaults = UblkOptions::default();
+    let mut options = UblkOptions {
+        queues: queues.unwrap_or(defaults.queues),
+        depth: depth.unwrap_or(defaults.depth),
+        label: name.to_string(),
+        ..defaults
+    };
+    for info in ublk::list_devices().map_err(ublk)? {
+        if info.label.as_deref() != Some(name) {
+            continue;
+        }
+        match left_behind(&info, device.size(), options.id.is_some()) {
+            Leftover::Recover => {
+                tracing::info!(region = %name, id = info.id, state = %info.state, "recovering the ublk device a previous daemon left");
+                options.id = Some(info.id);
+                options.recover = true;
+            }
+            Leftover::Delete => {
+                tracing::warn!(region = %name, id = info.id, state = %info.state, "deleting a ublk device that cannot be recovered");
+                ublk::delete_device(info.id).map_err(ublk)?;
+            }
+            Leftover::InUse => {
+                return Err(ExportError::UblkInUse {
+                    name: name.to_string(),
+                    path: info.path(),
+                    pid: info.owner_pid,
+                })
+            }
+        }
+    }
+    UblkTarget::serve(device, options).map_err(ublk)
+}
+
+/// What to do with a ublk device that carries a region's label.
+#[derive(Debug, PartialEq, Eq)]
+enum Leftover {
+    /// Its server died and it waits for a new one: serve it again.
+    Recover,
+    /// Nobody serves it and it cannot be recovered: delete it.
+    Delete,
+    /// A live process serves it.
+    InUse,
+}
+
+fn left_behind(info: &ublk::UblkDeviceInfo, size: u64, recovering_another: bool) -> Leftover {
+    let waiting = match info.state {
+        DeviceState::Quiesced | DeviceState::FailIo => true,
+        // The driver notices a dead server a few seconds late.
+        DeviceState::Live => {
+            if info.owner_alive() {
+                return Leftover::InUse;
+            }
+            true
+        }
+        DeviceState::Dead | DeviceState::Unknown(_) => false,
+    };
+    if waiting && info.recoverable && info.size == size && !recovering_another {
+        Leftover::Recover
+    } else {
+        Leftover::Delete
+    }
+}
+
+/// Delete the ublk devices of region `name` that no live process serves
+/// (after its export record was dropped while no daemon ran); returns the
+/// paths deleted. Without the ublk driver there is nothing to delete.
+pub fn delete_orphaned_ublk(name: &str) -> Result<Vec<PathBuf>, UblkError> {
+    if ublk::check_driver().is_err() {
+        return Ok(Vec::new());
+    }
+    let mut deleted = Vec::new();
+    for info in ublk::list_devices()? {
+        if info.label.as_deref() == Some(name) && !info.owner_alive() {
+            ublk::delete_device(info.id)?;
+            deleted.push(info.path());
+        }
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]
@@ -308,11 +490,65 @@ mod tests {
         assert!(!ExportKind::Nbd(ListenAddr::Unix("/s".into())).reachable_from_other_hosts());
     }
 
+    fn device(state: DeviceState, owner_pid: i32, recoverable: bool) -> ublk::UblkDeviceInfo {
+        ublk::UblkDeviceInfo {
+            id: 3,
+            state,
+            queues: 2,
+            depth: 64,
+            size: 1 << 20,
+            owner_pid,
+            recoverable,
+            reissue: true,
+            label: Some("disk".into()),
+        }
+    }
+
     #[test]
-    fn the_ublk_error_says_what_to_use_instead() {
-        let err = ExportError::UblkNotWired { name: "disk".into() };
+    fn a_device_left_by_a_dead_daemon_is_recovered_and_others_deleted_or_refused() {
+        let dead = i32::MAX; // above pid_max: no such process
+        let me = i32::try_from(std::process::id()).unwrap();
+        let size = 1 << 20;
+        assert_eq!(
+            left_behind(&device(DeviceState::Quiesced, dead, true), size, false),
+            Leftover::Recover
+        );
+        assert_eq!(
+            left_behind(&device(DeviceState::FailIo, dead, true), size, false),
+            Leftover::Recover
+        );
+        assert_eq!(
+            left_behind(&device(DeviceState::Live, dead, true), size, false),
+            Leftover::Recover
+        );
+        assert_eq!(left_behind(&device(DeviceState::Live, me, true), size, false), Leftover::InUse);
+        assert_eq!(
+            left_behind(&device(DeviceState::Dead, dead, true), size, false),
+            Leftover::Delete
+        );
+        assert_eq!(
+            left_behind(&device(DeviceState::Quiesced, dead, false), size, false),
+            Leftover::Delete
+        );
+        assert_eq!(
+            left_behind(&device(DeviceState::Quiesced, dead, true), 2 << 20, false),
+            Leftover::Delete
+        );
+        assert_eq!(
+            left_behind(&device(DeviceState::Quiesced, dead, true), size, true),
+            Leftover::Delete
+        );
+    }
+
+    #[test]
+    fn ublk_errors_say_what_failed_and_why() {
+        let err = ExportError::Ublk { name: "disk".into(), source: UblkError::DriverMissing };
+        assert_eq!(err.to_string(), "cannot serve region \"disk\" as a ublk device");
+        assert!(std::error::Error::source(&err).unwrap().to_string().contains("modprobe ublk_drv"));
+        let err =
+            ExportError::UblkInUse { name: "disk".into(), path: "/dev/ublkb3".into(), pid: 42 };
         assert!(err
             .to_string()
-            .ends_with("export it over NBD with `pmvisor export add disk --nbd`"));
+            .starts_with("ublk device /dev/ublkb3 already serves region \"disk\" for process 42"));
     }
 }

@@ -3,11 +3,12 @@
 # libraries ldd names, kernel modules with their dependencies, and an /init
 # that reports each guest step on the serial console.
 #
-# Usage: tests/vm/initramfs.sh --kernel DIR --script FILE --out FILE.cpio.gz
+# Usage: tests/vm/initramfs.sh --kernel DIR --script FILE... --out FILE.cpio.gz
 #                              [--module NAME]... [--bin PATH]...
 #
 #   --kernel DIR   a directory from tests/vm/kernel.sh (lib/modules/<version>/)
-#   --script FILE  the guest script; /init sources it after loading modules
+#   --script FILE  a guest script; /init sources the scripts, in the order
+#                  given, after loading modules (repeat for several)
 #   --module NAME  a module to load at boot (e.g. ublk_drv); its dependencies
 #                  (from each module's modinfo) come along, built-ins are
 #                  skipped, compressed modules are decompressed
@@ -26,18 +27,18 @@
 # then powers the VM off.
 set -euo pipefail
 
-kernel='' script='' out='' modules=() bins=()
+kernel='' scripts=() out='' modules=() bins=()
 while (($#)); do
   case $1 in
     --kernel) kernel=$2; shift 2 ;;
-    --script) script=$2; shift 2 ;;
+    --script) scripts+=("$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
     --module) modules+=("$2"); shift 2 ;;
     --bin) bins+=("$2"); shift 2 ;;
     *) echo "initramfs.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-[ -n "$kernel" ] && [ -n "$script" ] && [ -n "$out" ] ||
+[ -n "$kernel" ] && ((${#scripts[@]})) && [ -n "$out" ] ||
   { echo "initramfs.sh: --kernel, --script and --out are required" >&2; exit 2; }
 busybox=$(command -v busybox || true)
 [ -n "$busybox" ] || { echo "initramfs.sh: busybox is missing; install busybox-static" >&2; exit 1; }
@@ -116,7 +117,7 @@ add_module() {
 for m in "${modules[@]}"; do add_module "$m"; done
 printf '%s\n' "${order[@]}" >"$root/etc/modules"
 
-cp "$script" "$root/guest.sh"
+cat "${scripts[@]}" >"$root/guest.sh"
 cat >"$root/init" <<'INIT'
 #!/bin/sh
 export PATH=/bin:/sbin

@@ -1,4 +1,4 @@
-//! `/v1/exports`: serve block regions over NBD (or ublk), list and remove
+//! `/v1/exports`: serve block regions over NBD or ublk, list and remove
 //! exports.
 //!
 //! An export is named by its region (one export per region). Adding one
@@ -16,7 +16,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{enter_gate, join, parse_json, read_regions, ApiError, SharedState};
-use crate::daemon::exports::{parse_nbd_address, ExportError, ExportKind};
+use crate::daemon::exports::{parse_nbd_address, ExportError, ExportKind, Served};
 
 /// The transports a region can be exported on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +60,9 @@ pub struct ExportView {
     pub address: Option<String>,
     /// NBD: the URI clients use (`nbd+unix:///NAME?socket=PATH`).
     pub uri: Option<String>,
+    /// ublk: the block device (`/dev/ublkbN`), while served.
+    #[serde(default)]
+    pub device: Option<String>,
     /// Whether the export is being served now (a recorded export is not
     /// served while no daemon runs, or when serving it again failed).
     pub serving: bool,
@@ -77,7 +80,16 @@ impl ExportView {
             transport,
             address,
             uri: kind.client_uri(region),
+            device: None,
             serving,
+        }
+    }
+
+    /// The view of an export as it serves.
+    pub fn served(region: &str, served: &Served) -> ExportView {
+        ExportView {
+            device: served.device.as_ref().map(|d| d.display().to_string()),
+            ..ExportView::new(region, &served.kind, true)
         }
     }
 }
@@ -121,14 +133,14 @@ pub async fn list_exports(
     let mut views = Vec::new();
     for (name, record) in recorded {
         match (running.remove(&name), record) {
-            (Some(kind), _) => views.push(ExportView::new(&name, &kind, true)),
+            (Some(served), _) => views.push(ExportView::served(&name, &served)),
             (None, Ok(kind)) => views.push(ExportView::new(&name, &kind, false)),
             (None, Err(problem)) => {
                 tracing::warn!(region = %name, "damaged export record: {problem}");
             }
         }
     }
-    views.extend(running.iter().map(|(name, kind)| ExportView::new(name, kind, true)));
+    views.extend(running.iter().map(|(name, served)| ExportView::served(name, served)));
     views.sort_by(|a, b| a.region.cmp(&b.region));
     Ok(Json(views))
 }
@@ -147,7 +159,7 @@ pub async fn add_export(
     let region = read_regions(&state, move |regions| regions.block(&lookup)).await?;
     let started = state.exports.start(&name, region, state.gate.clone(), kind).await?;
     let regions = Arc::clone(&state.regions);
-    let (record_name, record) = (name.clone(), started.clone());
+    let (record_name, record) = (name.clone(), started.kind.clone());
     let recorded = join(
         tokio::task::spawn_blocking(move || regions.record_export(&record_name, Some(&record)))
             .await,
@@ -156,11 +168,17 @@ pub async fn add_export(
         let _ = state.exports.stop(&name).await;
         return Err(err);
     }
-    if started.reachable_from_other_hosts() {
-        tracing::warn!(region = %name, "export {started} is reachable from other hosts; NBD has no authentication");
+    let kind = &started.kind;
+    if kind.reachable_from_other_hosts() {
+        tracing::warn!(region = %name, "export {kind} is reachable from other hosts; NBD has no authentication");
     }
-    tracing::info!(region = %name, "exported region ({started})");
-    Ok((StatusCode::CREATED, Json(ExportView::new(&name, &started, true))))
+    match &started.device {
+        Some(device) => {
+            tracing::info!(region = %name, "exported region ({kind}) as {}", device.display())
+        }
+        None => tracing::info!(region = %name, "exported region ({kind})"),
+    }
+    Ok((StatusCode::CREATED, Json(ExportView::served(&name, &started))))
 }
 
 /// `DELETE /v1/exports/{name}` → 204 once its clients are disconnected and

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod export;
+pub mod fs;
 pub mod output;
 pub mod pool;
 pub mod region;
@@ -73,6 +74,15 @@ pub enum Command {
     /// Serve block regions to clients over NBD (or ublk): add, list, remove
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// RvmFS filesystems in fs regions: create, mount, umount, list, check
+    #[command(subcommand)]
+    Fs(fs::FsCommand),
+    /// Install the mount helper (/sbin/mount.fuse.rvmfs) so `mount -t fuse.rvmfs` and fstab work
+    Install {
+        /// Install under this directory instead of / (the link goes to PREFIX/sbin)
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        prefix: PathBuf,
+    },
 }
 
 /// Which pool a command is about.
@@ -168,6 +178,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(&settings, "warn")?;
             export::run(command, &settings)?;
         }
+        Command::Fs(command) => {
+            let level =
+                if matches!(command, fs::FsCommand::Serve { .. }) { "info" } else { "warn" };
+            init_logging(&settings, level)?;
+            fs::run(command, &settings)?;
+        }
+        Command::Install { prefix } => println!("{}", fs::install::install(&prefix)?),
     }
     Ok(ExitCode::SUCCESS)
 }

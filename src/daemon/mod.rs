@@ -6,11 +6,14 @@
 //! this module opens every block region with the swap tier, installs the
 //! signal handlers, binds the socket (creating its directory, replacing a
 //! stale socket file, refusing a live one), sets the socket's mode to 0660,
-//! serves again every export recorded in the pool, and serves. Shutdown on
-//! SIGTERM or SIGINT: stop accepting API requests and let in-flight ones
-//! finish, stop every export (NBD clients get their answers and a clean
-//! disconnect), flush every block region, close the gate, drop the pool,
-//! remove the socket file (only if it is still the one we bound).
+//! serves again every export recorded in the pool, mounts again every RvmFS
+//! filesystem that was mounted when the last daemon stopped, and serves.
+//! Shutdown on SIGTERM or SIGINT: stop accepting API requests and let
+//! in-flight ones finish, stop every export (NBD clients get their answers
+//! and a clean disconnect), flush every block region, unmount every
+//! filesystem (each commits; the mounts stay remembered for the next start),
+//! close the gate, drop the pool, remove the socket file (only if it is
+//! still the one we bound).
 
 pub mod api;
 pub mod exports;
@@ -35,6 +38,7 @@ use self::api::ApiState;
 use self::exports::Exports;
 use self::regions::Regions;
 use crate::block::BlockRegions;
+use crate::fs::FsMounts;
 use crate::gate::Gate;
 use crate::pool::Pool;
 
@@ -84,11 +88,15 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(bound.listener.try_clone()?)
         .context("cannot hand the socket to the runtime")?;
 
+    let mounts = Arc::new(FsMounts::new(Arc::clone(&pool)));
     let nbd_dir = socket.parent().map_or_else(|| PathBuf::from("nbd"), |dir| dir.join("nbd"));
     let state = Arc::new(ApiState {
         pool: Arc::clone(&pool),
-        regions: Arc::new(Regions::serving(pool, Arc::new(blocks))),
+        regions: Arc::new(
+            Regions::serving(pool, Arc::new(blocks)).with_mounts(Arc::clone(&mounts)),
+        ),
         exports: Exports::new(),
+        mounts,
         nbd_dir,
         changes: tokio::sync::Mutex::new(()),
         gate: Gate::new(),
@@ -97,6 +105,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
         socket: socket.clone(),
     });
     restore_exports(&state).await;
+    restore_mounts(&state).await;
     let app = api::router(Arc::clone(&state));
     tracing::info!(
         pool = %pool_path.display(),
@@ -121,6 +130,10 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
     let flushed = tokio::task::spawn_blocking(move || flush_block_regions(&regions)).await;
     if let Err(err) = flushed {
         tracing::error!("flushing the block regions failed: {err}");
+    }
+    let mounts = Arc::clone(&state.mounts);
+    if let Err(err) = tokio::task::spawn_blocking(move || mounts.shutdown()).await {
+        tracing::error!("unmounting the filesystems failed: {err}");
     }
     match state.gate.close(DRAIN_TIMEOUT) {
         Ok(drained) => tracing::info!("gate closed after {:?}", drained.waited),
@@ -152,11 +165,33 @@ async fn restore_exports(state: &api::SharedState) {
             }
         };
         match state.exports.start(&name, region, state.gate.clone(), kind).await {
-            Ok(kind) => tracing::info!(region = %name, "serving export again ({kind})"),
+            Ok(served) => tracing::info!(region = %name, "serving export again ({})", served.kind),
             Err(err) => {
                 tracing::warn!(region = %name, "cannot serve the export again: {}", api::sentence(&err))
             }
         }
+    }
+}
+
+/// Mount again every filesystem that was mounted when the last daemon
+/// stopped; one that cannot be mounted is logged and stays remembered.
+async fn restore_mounts(state: &api::SharedState) {
+    let mounts = Arc::clone(&state.mounts);
+    let restored = tokio::task::spawn_blocking(move || {
+        let failed = mounts.restore();
+        (mounts.list(), failed)
+    })
+    .await;
+    match restored {
+        Ok((mounted, failed)) => {
+            for info in mounted {
+                tracing::info!(region = %info.region, mountpoint = %info.mountpoint.display(), "serving filesystem");
+            }
+            for (name, err) in failed {
+                tracing::warn!(region = %name, "cannot mount the filesystem again: {}", api::fs::mount_sentence(&err));
+            }
+        }
+        Err(err) => tracing::error!("restoring the mounts failed: {err}"),
     }
 }
 

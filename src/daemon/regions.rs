@@ -9,7 +9,8 @@
 //! [`BlockRegions`] so that their map, frames and swap slots stay in step.
 //! A region that is exported (it carries an `export.*` attribute, see
 //! [`super::exports`]) cannot be deleted or renamed until the export is
-//! removed.
+//! removed; an `fs` region mounted by the daemon cannot be deleted, renamed
+//! or resized until it is unmounted.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,6 +22,7 @@ use super::api::ApiError;
 use super::exports::{ExportKind, ATTR_NBD, ATTR_UBLK};
 use crate::block::{BlockRegion, BlockRegions, BlockSpec};
 use crate::cli::size::format_size;
+use crate::fs::FsMounts;
 use crate::pool::{Pool, RegionInfo, RegionKind, PAGE_SIZE};
 
 /// How block regions are reached.
@@ -37,6 +39,7 @@ enum BlockAccess {
 pub struct Regions {
     pool: Arc<Pool>,
     blocks: BlockAccess,
+    mounts: Option<Arc<FsMounts>>,
 }
 
 fn conflict(message: String) -> ApiError {
@@ -46,13 +49,38 @@ fn conflict(message: String) -> ApiError {
 impl Regions {
     /// The daemon's regions: `blocks` stays open.
     pub fn serving(pool: Arc<Pool>, blocks: Arc<BlockRegions>) -> Regions {
-        Regions { pool, blocks: BlockAccess::Open(blocks) }
+        Regions { pool, blocks: BlockAccess::Open(blocks), mounts: None }
     }
 
     /// A CLI's regions: block regions are opened (with the swap tier at
     /// `swap`) only when a command needs them.
     pub fn on_demand(pool: Arc<Pool>, swap: PathBuf) -> Regions {
-        Regions { pool, blocks: BlockAccess::OnDemand { swap, opened: Mutex::new(None) } }
+        Regions {
+            pool,
+            blocks: BlockAccess::OnDemand { swap, opened: Mutex::new(None) },
+            mounts: None,
+        }
+    }
+
+    /// The same regions, refusing to delete, rename or resize an `fs`
+    /// region while `mounts` has it mounted.
+    pub fn with_mounts(mut self, mounts: Arc<FsMounts>) -> Regions {
+        self.mounts = Some(mounts);
+        self
+    }
+
+    fn refuse_if_mounted(&self, info: &RegionInfo, verb: &str) -> Result<(), ApiError> {
+        let Some(mounts) = &self.mounts else { return Ok(()) };
+        match mounts.list().into_iter().find(|m| m.region == info.name) {
+            Some(mount) => Err(conflict(format!(
+                "region {:?} is mounted at {} and cannot be {verb}; unmount it first with \
+                 `pmvisor fs umount {}`",
+                info.name,
+                mount.mountpoint.display(),
+                info.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The pool.
@@ -116,6 +144,7 @@ impl Regions {
     pub fn rename(&self, name: &str, new_name: &str) -> Result<RegionView, ApiError> {
         let info = self.pool.region(name)?;
         refuse_if_exported(&info, "renamed")?;
+        self.refuse_if_mounted(&info, "renamed")?;
         if info.kind == RegionKind::Block && matches!(self.blocks, BlockAccess::Open(_)) {
             return Err(conflict(format!(
                 "block region {name:?} cannot be renamed while `pmvisor serve` has it open; stop \
@@ -134,6 +163,7 @@ impl Regions {
         request: &ResizeRegionRequest,
     ) -> Result<RegionView, ApiError> {
         let info = self.pool.region(name)?;
+        self.refuse_if_mounted(&info, "resized")?;
         let view = RegionView::from(info.clone());
         match (request.size, request.resident, view.block) {
             (Some(_), _, Some(block)) => Err(ApiError::bad_request(format!(
@@ -164,6 +194,7 @@ impl Regions {
     pub fn delete(&self, name: &str) -> Result<(), ApiError> {
         let info = self.pool.region(name)?;
         refuse_if_exported(&info, "deleted")?;
+        self.refuse_if_mounted(&info, "deleted")?;
         if info.kind == RegionKind::Block {
             self.blocks()?.delete(name)?;
         } else {

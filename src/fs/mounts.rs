@@ -64,6 +64,71 @@ impl std::fmt::Debug for Mounted {
     }
 }
 
+/// How full a mounted filesystem is (its statfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Bytes the filesystem can hold.
+    pub size: u64,
+    /// Bytes in use.
+    pub used: u64,
+}
+
+/// What `check` found: the RVM check of the last commit and the tree walk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FsCheckReport {
+    /// The region checked.
+    pub region: String,
+    /// Inodes reached from the root.
+    pub inodes: u64,
+    /// Directory entries seen.
+    pub entries: u64,
+    /// RVM problems (pages vs. allocation maps), one sentence each.
+    pub rvm_problems: Vec<String>,
+    /// Filesystem problems (links, types, counts), one sentence each.
+    pub fs_problems: Vec<String>,
+}
+
+impl FsCheckReport {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.rvm_problems.is_empty() && self.fs_problems.is_empty()
+    }
+}
+
+fn check_fs(name: &str, fs: &RvmFs<RegionStore>) -> Result<FsCheckReport, MountError> {
+    // RVM first: with no transaction open it checks the last commit as is.
+    let rvm = fs.check_rvm().map_err(fs_error(name))?;
+    let tree = fs.check().map_err(fs_error(name))?;
+    let mut rvm_problems: Vec<String> = rvm.problems.iter().map(ToString::to_string).collect();
+    if rvm.omitted > 0 {
+        rvm_problems.push(format!("and {} more problems", rvm.omitted));
+    }
+    Ok(FsCheckReport {
+        region: name.to_string(),
+        inodes: tree.inodes,
+        entries: tree.entries,
+        rvm_problems,
+        fs_problems: tree.problems,
+    })
+}
+
+/// Check the filesystem in the unmounted `fs` region `name` of `pool`,
+/// read-only (nothing is written, orphans are counted, not freed).
+pub fn check_filesystem(pool: &Pool, name: &str) -> Result<FsCheckReport, MountError> {
+    let info = pool.region(name)?;
+    if info.kind != RegionKind::Fs {
+        return Err(MountError::NotFs { name: name.to_string(), kind: info.kind });
+    }
+    let store = RegionStore::open(pool, name)?;
+    let options = FsOptions {
+        read_only: true,
+        commit_interval: std::time::Duration::ZERO,
+        ..FsOptions::default()
+    };
+    let fs = RvmFs::open(store, options).map_err(fs_error(name))?;
+    check_fs(name, &fs)
+}
+
 /// The filesystems this process serves.
 #[derive(Debug)]
 pub struct FsMounts {
@@ -164,6 +229,30 @@ impl FsMounts {
     /// Every mount this process serves.
     pub fn list(&self) -> Vec<MountInfo> {
         self.lock().values().map(|m| m.info.clone()).collect()
+    }
+
+    /// The statfs of mounted region `name`.
+    pub fn usage(&self, name: &str) -> Option<Usage> {
+        let mounts = self.lock();
+        let stat = mounts.get(name)?.handle.fs().statfs();
+        let block = u64::from(stat.block_size);
+        Some(Usage {
+            size: stat.blocks * block,
+            used: stat.blocks.saturating_sub(stat.free_blocks) * block,
+        })
+    }
+
+    /// Check region `name`: through its mount when mounted here (the
+    /// running transaction is committed first), else read-only.
+    pub fn check(&self, name: &str) -> Result<FsCheckReport, MountError> {
+        let mounts = self.lock();
+        match mounts.get(name) {
+            Some(m) => check_fs(name, m.handle.fs()),
+            None => {
+                drop(mounts);
+                check_filesystem(&self.pool, name)
+            }
+        }
     }
 
     /// Whether region `name` is mounted here.

@@ -1,6 +1,6 @@
 //! The control API: JSON over HTTP/1.1 on the daemon's Unix socket.
 //!
-//! One file per resource (`pool`, `regions`, `exports`, `health`, `metrics`), each with
+//! One file per resource (`pool`, `regions`, `exports`, `fs`, `health`, `metrics`), each with
 //! its wire types and thin `parse_*` functions; this file holds the router,
 //! the shared state and the error body. The wire types are the API's own
 //! contract (documented in `api/openapi.yaml`), converted from the pool's
@@ -15,6 +15,7 @@
 //! starts.
 
 pub mod exports;
+pub mod fs;
 pub mod health;
 pub mod metrics;
 pub mod pool;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::exports::{ExportError, Exports};
 use super::regions::Regions;
 use crate::block::BlockError;
+use crate::fs::FsMounts;
 use crate::gate::{Gate, GateGuard};
 use crate::pool::{ErrorKind, Pool, PoolError};
 
@@ -47,6 +49,8 @@ pub struct ApiState {
     pub regions: Arc<Regions>,
     /// The exports being served.
     pub exports: Exports,
+    /// The RvmFS filesystems being served.
+    pub mounts: Arc<FsMounts>,
     /// Where default NBD sockets go: `<control socket dir>/nbd`.
     pub nbd_dir: PathBuf,
     /// Held by every change, so changes happen one at a time.
@@ -77,6 +81,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/regions/{name}/stats", get(regions::get_region_stats))
         .route("/v1/exports", get(exports::list_exports).post(exports::add_export))
         .route("/v1/exports/{name}", axum::routing::delete(exports::remove_export))
+        .route("/v1/fs", post(fs::create_fs))
+        .route("/v1/fs/{name}/check", get(fs::check_fs))
+        .route("/v1/mounts", get(fs::list_mounts).post(fs::mount))
+        .route("/v1/mounts/{region}", axum::routing::delete(fs::unmount))
         .route("/metrics", get(metrics::get_metrics))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
@@ -141,7 +149,13 @@ impl From<ExportError> for ApiError {
         let status = match &err {
             ExportError::AlreadyExported { .. } => StatusCode::CONFLICT,
             ExportError::NotExported(_) => StatusCode::NOT_FOUND,
-            ExportError::UblkNotWired { .. } => StatusCode::NOT_IMPLEMENTED,
+            ExportError::Ublk { source: pmvisor_blk::ublk::UblkError::DriverMissing, .. } => {
+                StatusCode::NOT_IMPLEMENTED
+            }
+            ExportError::UblkInUse { .. } => StatusCode::CONFLICT,
+            ExportError::Ublk { .. } | ExportError::UblkTask { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ExportError::SocketDir { .. } | ExportError::Nbd { .. } => StatusCode::BAD_REQUEST,
         };
         let mut message = sentence(&err);
@@ -295,6 +309,11 @@ mod tests {
         ("get", "/v1/exports"),
         ("post", "/v1/exports"),
         ("delete", "/v1/exports/{name}"),
+        ("post", "/v1/fs"),
+        ("get", "/v1/fs/{name}/check"),
+        ("get", "/v1/mounts"),
+        ("post", "/v1/mounts"),
+        ("delete", "/v1/mounts/{region}"),
         ("get", "/metrics"),
     ];
 

@@ -421,26 +421,11 @@ impl BlockRegion {
         swapped_from: Option<u64>,
     ) -> Result<u64, DeviceError> {
         let frame = self.take_frame(st)?;
-        let at = self.frame_offset(st, frame);
-        let placed = self
-            .media
-            .write(at, data)
-            .and_then(|()| self.media.persist(at, BLOCK))
-            .map_err(io)
-            .and_then(|()| {
-                self.set_entry(st, block, BlockState::Resident(frame), swapped_from.is_some())
-            });
-        if let Err(e) = placed {
+        if let Err(e) = self.media.write(self.frame_offset(st, frame), data) {
             st.free.push(frame);
-            return Err(e);
+            return Err(io(e));
         }
-        st.owner[frame as usize] = block;
-        st.policy.touch(frame);
-        if let (Some(slot), Some(tier)) = (swapped_from, &self.swap) {
-            // No discard: a slot freed by a fault is soon reused by an
-            // eviction, and punching a hole costs a journal commit on disk.
-            tier.slots.lock().unwrap_or_else(|p| p.into_inner()).release(slot);
-        }
+        self.commit_placements(st, &[(block, frame, swapped_from)], false)?;
         Ok(frame)
     }
 

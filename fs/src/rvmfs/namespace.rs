@@ -90,9 +90,7 @@ fn link_entry<S: PageStore>(
 ) -> FsResult<()> {
     let mut dir = load(ctx, dir_ino)?;
     dir.map.root = directory::insert(ctx.tx, dir.map.root, DirEntry::new(name, ino, kind))?;
-    dir.nlink = dir.nlink.saturating_add_signed(nlink_delta);
-    dir.mtime = now;
-    dir.ctime = now;
+    touch(&mut dir, nlink_delta, now);
     save(ctx, &dir)
 }
 
@@ -107,10 +105,16 @@ fn unlink_entry<S: PageStore>(
     let mut dir = load(ctx, dir_ino)?;
     directory::remove(ctx.tx, dir.map.root, name)?
         .ok_or_else(|| FsError::corrupt("directory node", dir.map.root, "entry vanished"))?;
+    touch(&mut dir, nlink_delta, now);
+    save(ctx, &dir)
+}
+
+/// A directory's entries changed: its link count moves by `nlink_delta`
+/// (subdirectories' `..`) and its mtime and ctime become `now`.
+pub(crate) fn touch(dir: &mut Inode, nlink_delta: i32, now: Timestamp) {
     dir.nlink = dir.nlink.saturating_add_signed(nlink_delta);
     dir.mtime = now;
     dir.ctime = now;
-    save(ctx, &dir)
 }
 
 /// Drops one link of `inode` (already saved by the caller otherwise); frees

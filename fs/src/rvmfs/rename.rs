@@ -13,7 +13,7 @@ use crate::PageStore;
 use super::directory::{self, DirEntry, NAME_MAX};
 use super::error::{posix, FsError, FsResult};
 use super::inode::{Inode, Timestamp, ROOT_INO};
-use super::namespace::{dirent_type, LINK_MAX};
+use super::namespace::{dirent_type, touch, LINK_MAX};
 use super::permission::{check, check_sticky, Caller, MAY_EXEC, MAY_WRITE};
 use super::{load, save, Ctx, RvmFs};
 
@@ -59,9 +59,7 @@ fn touch_dir<S: PageStore>(
     now: Timestamp,
 ) -> FsResult<()> {
     let mut dir = load(ctx, ino)?;
-    dir.nlink = dir.nlink.saturating_add_signed(nlink_delta);
-    dir.mtime = now;
-    dir.ctime = now;
+    touch(&mut dir, nlink_delta, now);
     save(ctx, &dir)
 }
 

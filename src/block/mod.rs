@@ -20,6 +20,7 @@
 mod clock;
 mod map;
 mod registry;
+mod resize;
 mod swap;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,7 @@ use serde::Serialize;
 pub use clock::{Clock, VictimPolicy};
 pub use map::BlockState;
 pub use registry::{default_swap_path, BlockRegions};
+pub use resize::{Disposition, GuestVictims, Rejected, ResizeReport};
 pub use swap::{FileSwap, MediaSwap, SlotAllocator, SwapStore, SwapTier};
 
 use crate::pool::{Media, Pool, PoolError, RegionKind, RegionLayout, PAGE_SIZE};
@@ -351,7 +353,9 @@ impl BlockRegion {
     /// map entries are written and persisted together, and only then are
     /// the frames unowned (returned for the caller to use or free).
     fn evict_batch(&self, st: &mut State, count: u64) -> Result<Vec<u64>, DeviceError> {
-        let tier = self.swap.clone().ok_or(DeviceError::NoSpace)?;
+        if self.swap.is_none() {
+            return Err(DeviceError::NoSpace);
+        }
         let frames = st.frames;
         let mut picked: Vec<u64> = Vec::new();
         {
@@ -373,14 +377,35 @@ impl BlockRegion {
         if picked.is_empty() {
             return Err(DeviceError::NoSpace);
         }
-        let mut slots = Vec::with_capacity(picked.len());
-        let mut data = vec![0u8; BLOCK as usize];
+        self.evict_frames(st, picked)
+    }
+
+    /// Evict the blocks in `picked` (occupied frames) as one batch: their
+    /// data goes to swap slots, written in runs of consecutive slots, one
+    /// swap sync makes it durable, then their map entries are written and
+    /// persisted together, and only then are the frames unowned (returned
+    /// for the caller to use or free).
+    fn evict_frames(&self, st: &mut State, picked: Vec<u64>) -> Result<Vec<u64>, DeviceError> {
+        let tier = self.swap.clone().ok_or(DeviceError::NoSpace)?;
+        let slots: Vec<u64> = {
+            let mut allocator = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
+            picked.iter().map(|_| allocator.allocate()).collect()
+        };
         let stored = (|| {
-            for &frame in &picked {
-                self.media.read(self.frame_offset(st, frame), &mut data)?;
-                let slot = tier.slots.lock().unwrap_or_else(|p| p.into_inner()).allocate();
-                slots.push(slot);
-                tier.store.write_slot(slot, &data)?;
+            let mut order: Vec<usize> = (0..picked.len()).collect();
+            order.sort_unstable_by_key(|&i| slots[i]);
+            let mut run = Vec::new();
+            let mut i = 0;
+            while i < order.len() {
+                let first = slots[order[i]];
+                run.clear();
+                while i < order.len() && slots[order[i]] == first + (run.len() as u64 / BLOCK) {
+                    let at = run.len();
+                    run.resize(at + BLOCK as usize, 0);
+                    self.media.read(self.frame_offset(st, picked[order[i]]), &mut run[at..])?;
+                    i += 1;
+                }
+                tier.store.write_slots(first, &run)?;
             }
             tier.store.sync()
         })();
@@ -599,6 +624,11 @@ impl BlockRegion {
                 _ => None,
             })
             .collect();
+        self.fault_in_blocks(st, &swapped)
+    }
+
+    /// Bring the swapped `(block, slot)`s back into frames, in batches.
+    fn fault_in_blocks(&self, st: &mut State, swapped: &[(u64, u64)]) -> Result<(), DeviceError> {
         if swapped.is_empty() {
             return Ok(());
         }
@@ -635,80 +665,10 @@ impl BlockRegion {
         Ok(())
     }
 
-    /// Change the resident quota to `resident` bytes (whole frames). A
-    /// shrink evicts the coldest blocks (CLOCK) to swap and compacts the
-    /// rest into the remaining frames before the pool pages are freed.
+    /// Change the resident quota to `resident` bytes (whole frames), the
+    /// host choosing every victim (see [`BlockRegion::resize_resident`]).
     pub fn set_resident_quota(&self, resident: u64) -> Result<(), BlockError> {
-        let device = |source| BlockError::Device { name: self.name.clone(), source };
-        let new_frames = resident.div_ceil(BLOCK);
-        let mut st = self.lock();
-        let old_frames = st.frames;
-        if new_frames > old_frames {
-            let info =
-                self.pool.resize_region(&self.name, (self.map_pages + new_frames) * PAGE_SIZE)?;
-            st.layout = RegionLayout::new(&info.extents);
-            st.owner.resize(new_frames as usize, NO_BLOCK);
-            st.free.extend((old_frames..new_frames).rev());
-            st.policy.resize(new_frames);
-            st.frames = new_frames;
-            return Ok(());
-        }
-        if new_frames == old_frames {
-            return Ok(());
-        }
-        let resident_now = old_frames - st.free.len() as u64;
-        if resident_now > new_frames {
-            if self.swap.is_none() {
-                return Err(BlockError::QuotaTooSmall {
-                    name: self.name.clone(),
-                    resident: resident_now,
-                    frames: new_frames,
-                });
-            }
-            let mut left = resident_now - new_frames;
-            while left > 0 {
-                let freed = self.evict_batch(&mut st, left.min(4096)).map_err(device)?;
-                left -= freed.len() as u64;
-                st.free.extend(freed);
-            }
-        }
-        // Compact: move blocks in frames past the new end into free frames
-        // below it, each move durable before its old frame is let go.
-        let mut low_free: Vec<u64> = st.free.iter().copied().filter(|&f| f < new_frames).collect();
-        for frame in new_frames..old_frames {
-            let block = st.owner[frame as usize];
-            if block == NO_BLOCK {
-                continue;
-            }
-            let target = low_free.pop().expect("enough free frames below the new quota");
-            let mut data = vec![0u8; BLOCK as usize];
-            self.media
-                .read(self.frame_offset(&st, frame), &mut data)
-                .map_err(io)
-                .map_err(device)?;
-            let at = self.frame_offset(&st, target);
-            self.media
-                .write(at, &data)
-                .and_then(|()| self.media.persist(at, BLOCK))
-                .map_err(io)
-                .map_err(device)?;
-            self.set_entry(&mut st, block, BlockState::Resident(target), true).map_err(device)?;
-            st.owner[target as usize] = block;
-            st.owner[frame as usize] = NO_BLOCK;
-            st.policy.touch(target);
-            if st.dirty_frames.remove(&frame) {
-                st.dirty_frames.insert(target);
-            }
-        }
-        self.flush_locked(&mut st).map_err(device)?;
-        let info =
-            self.pool.resize_region(&self.name, (self.map_pages + new_frames) * PAGE_SIZE)?;
-        st.layout = RegionLayout::new(&info.extents);
-        st.owner.truncate(new_frames as usize);
-        st.free = (0..new_frames).rev().filter(|&f| st.owner[f as usize] == NO_BLOCK).collect();
-        st.policy.resize(new_frames);
-        st.frames = new_frames;
-        Ok(())
+        self.resize_resident(resident, &[], &[]).map(drop)
     }
 
     /// Give every swap slot this region holds back to the tier (after the

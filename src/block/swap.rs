@@ -20,6 +20,13 @@ use crate::pool::{Media, PAGE_SIZE};
 pub trait SwapStore: Send + Sync + std::fmt::Debug {
     /// Store one 4 KiB block in `slot` (durable after `sync`).
     fn write_slot(&self, slot: u64, data: &[u8]) -> io::Result<()>;
+    /// Store consecutive blocks in slots `first..` (`data` is whole blocks).
+    fn write_slots(&self, first: u64, data: &[u8]) -> io::Result<()> {
+        for (i, block) in data.chunks(PAGE_SIZE as usize).enumerate() {
+            self.write_slot(first + i as u64, block)?;
+        }
+        Ok(())
+    }
     /// Read one 4 KiB block from `slot`.
     fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Make every slot written so far durable.
@@ -55,6 +62,10 @@ impl FileSwap {
 impl SwapStore for FileSwap {
     fn write_slot(&self, slot: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, slot * PAGE_SIZE)
+    }
+
+    fn write_slots(&self, first: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, first * PAGE_SIZE)
     }
 
     fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -173,6 +173,9 @@ enum Step {
     Flush,
     Shrink(u64),
     Grow(u64),
+    /// Shrink to frames with the guest choosing: drop one block, keep one
+    /// (plus an out-of-range and a duplicate victim the host must ignore).
+    GuidedShrink(u64, u64, u64),
 }
 
 fn script() -> Vec<Step> {
@@ -189,6 +192,7 @@ fn script() -> Vec<Step> {
     steps.extend([Read(0), Read(1), WriteFua(2, 2), Trim(3), Flush, Write(0, 3), Read(7)]);
     steps.extend([Shrink(2), Read(5), Write(11, 1), Flush, Grow(6), Trim(6), Read(9), Flush]);
     steps.extend([WriteFua(3, 4), Write(4, 4)]);
+    steps.extend([Flush, GuidedShrink(3, 4, 3), Read(3), Write(12, 1), Write(13, 1), Flush]);
     steps
 }
 
@@ -203,6 +207,15 @@ fn run_step(disk: &BlockRegion, step: Step) -> Result<(), String> {
         Step::Shrink(f) | Step::Grow(f) => {
             disk.set_resident_quota(f * BLOCK).map_err(|e| e.to_string())
         }
+        Step::GuidedShrink(f, dropped, keep) => {
+            let victims = [
+                GuestVictims { start: dropped, count: 1, disposition: Disposition::Drop },
+                GuestVictims { start: keep, count: 1, disposition: Disposition::Keep },
+                GuestVictims { start: 1000, count: 5, disposition: Disposition::Keep },
+                GuestVictims { start: keep, count: 1, disposition: Disposition::Drop },
+            ];
+            disk.resize_resident(f * BLOCK, &victims, &[]).map(drop).map_err(|e| e.to_string())
+        }
     }
 }
 
@@ -216,7 +229,7 @@ fn expect_after(expect: &mut BTreeMap<u64, Expect>, step: Step) {
             // Durable on return; earlier pending writes are overwritten.
             *expect.entry(b).or_default() = Expect { flushed: Some(v), pending: BTreeSet::new() };
         }
-        Step::Trim(b) => {
+        Step::Trim(b) | Step::GuidedShrink(_, b, _) => {
             *expect.entry(b).or_default() = Expect { flushed: Some(0), pending: BTreeSet::new() };
         }
         Step::Flush => {
@@ -247,7 +260,7 @@ fn verify(
             Some(Step::Write(rb, v) | Step::WriteFua(rb, v)) if rb == b => {
                 allowed.insert(v);
             }
-            Some(Step::Trim(rb)) if rb == b => {
+            Some(Step::Trim(rb) | Step::GuidedShrink(_, rb, _)) if rb == b => {
                 allowed.insert(0);
             }
             _ => {}
@@ -320,4 +333,84 @@ fn acknowledged_flushes_survive_a_crash_at_every_persist_point() {
     }
     println!("block region crash test: {points} persist points, {states} crash states checked");
     assert!(states > 100);
+}
+
+#[test]
+fn a_guided_shrink_applies_the_guests_choice_and_ignores_what_is_wrong() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 64 * BLOCK, resident: 16 * BLOCK, swap: true }));
+    let disk = regions.get("disk").unwrap();
+    for b in 0..16 {
+        disk.write_at(b * BLOCK, &pattern(b, 1), false).unwrap();
+    }
+    disk.write_at(20 * BLOCK, &pattern(20, 1), false).unwrap(); // evicts one block
+    let victims = [
+        GuestVictims { start: 2, count: 2, disposition: Disposition::Drop },
+        GuestVictims { start: 5, count: 3, disposition: Disposition::Keep },
+        GuestVictims { start: 60, count: 10, disposition: Disposition::Keep }, // 6 past the end
+        GuestVictims { start: 5, count: 1, disposition: Disposition::Drop },   // duplicate
+        GuestVictims { start: 40, count: 2, disposition: Disposition::Drop },  // unmapped
+        GuestVictims { start: 8, count: u64::MAX, disposition: Disposition::Keep },
+    ];
+    // 16 resident; shrink to 8 frames frees 8: 2 dropped, 3 + 3 kept; the
+    // rest of the last run is surplus.
+    let report = disk.resize_resident(8 * BLOCK, &victims, &[]).unwrap();
+    assert_eq!((report.guest_dropped, report.guest_kept, report.host_chosen), (2, 6, 0));
+    assert_eq!(report.rejected.out_of_range, 6 + (u64::MAX - 64));
+    assert_eq!(report.rejected.duplicate, 1);
+    assert_eq!(report.rejected.not_resident, 4 + 2);
+    assert_eq!(report.rejected.surplus, 64 - 11);
+    assert_eq!(disk.block_state(2), Some(BlockState::Unmapped));
+    assert!(matches!(disk.block_state(5), Some(BlockState::Swapped(_))));
+    assert!(matches!(disk.block_state(10), Some(BlockState::Swapped(_))));
+    assert!(matches!(disk.block_state(11), Some(BlockState::Resident(_))));
+    for b in (0..16).chain([20]) {
+        let mut got = vec![0u8; BLOCK as usize];
+        disk.read_at(b * BLOCK, &mut got).unwrap();
+        let want = if b == 2 || b == 3 { vec![0u8; BLOCK as usize] } else { pattern(b, 1) };
+        assert_eq!(got, want, "block {b}");
+    }
+    let stats = disk.stats();
+    assert!(stats.resident_blocks <= 8 && stats.resident_quota == 8 * BLOCK);
+}
+
+#[test]
+fn a_shrink_the_guest_answers_short_is_completed_by_clock_and_a_grow_brings_hot_blocks_back() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 64 * BLOCK, resident: 16 * BLOCK, swap: true }));
+    let disk = regions.get("disk").unwrap();
+    for b in 0..16 {
+        disk.write_at(b * BLOCK, &pattern(b, 1), false).unwrap();
+    }
+    let victims = [GuestVictims { start: 0, count: 2, disposition: Disposition::Keep }];
+    let report = disk.resize_resident(10 * BLOCK, &victims, &[]).unwrap();
+    assert_eq!((report.guest_kept, report.host_chosen), (2, 4));
+    let swapped: Vec<u64> =
+        (0..16).filter(|&b| matches!(disk.block_state(b), Some(BlockState::Swapped(_)))).collect();
+    assert_eq!(swapped.len(), 6);
+    let report =
+        disk.resize_resident(14 * BLOCK, &[], &[(0, 1), (swapped[5], 1), (100, 3)]).unwrap();
+    assert_eq!(report.brought_back, 2);
+    assert!(matches!(disk.block_state(0), Some(BlockState::Resident(_))));
+    assert!(matches!(disk.block_state(swapped[5]), Some(BlockState::Resident(_))));
+    for b in 0..16 {
+        let mut got = vec![0u8; BLOCK as usize];
+        disk.read_at(b * BLOCK, &mut got).unwrap();
+        assert_eq!(got, pattern(b, 1), "block {b}");
+    }
+    // Without swap, only drops can shrink below what is resident.
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 64 * BLOCK, resident: 8 * BLOCK, swap: false }));
+    let disk = regions.get("disk").unwrap();
+    for b in 0..8 {
+        disk.write_at(b * BLOCK, &pattern(b, 1), false).unwrap();
+    }
+    let keep = [GuestVictims { start: 0, count: 2, disposition: Disposition::Keep }];
+    assert!(matches!(
+        disk.resize_resident(6 * BLOCK, &keep, &[]),
+        Err(BlockError::QuotaTooSmall { .. })
+    ));
+    let drop = [GuestVictims { start: 0, count: 2, disposition: Disposition::Drop }];
+    let report = disk.resize_resident(6 * BLOCK, &drop, &[]).unwrap();
+    assert_eq!(report.guest_dropped, 2);
 }

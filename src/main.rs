@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use pmvisor::cli::fs::helper::HelperCall;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -17,7 +18,16 @@ fn main() -> ExitCode {
     let cli = match args.first() {
         Some(argv0) if pmvisor::cli::fs::helper::is_helper(argv0) => {
             match pmvisor::cli::fs::helper::translate(&args) {
-                Ok(args) => pmvisor::cli::Cli::parse_from(args),
+                Ok(HelperCall::Mount(args)) => pmvisor::cli::Cli::parse_from(args),
+                Ok(HelperCall::Remount(remount)) => {
+                    return match remount.run() {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(err) => {
+                            eprintln!("{helper}: {err:#}");
+                            ExitCode::FAILURE
+                        }
+                    };
+                }
                 Err(message) => {
                     eprintln!("{helper}: {message}");
                     return ExitCode::FAILURE;

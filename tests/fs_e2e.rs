@@ -12,61 +12,24 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::fuse::{dir_in, fuse_available, mount_8, wait_for, MountGuard, SystemHelper};
 use common::{stdout_json, Sandbox};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustix::process::Signal;
 
-fn fuse_available() -> bool {
-    let ok = Path::new("/dev/fuse").exists()
-        && Command::new("fusermount3").arg("-V").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "FUSE is missing under CI=true");
-        eprintln!("SKIPPED: FUSE (/dev/fuse, fusermount3) is not available");
-    }
-    ok
-}
-
-/// Lazily unmounts its directory when dropped, whatever happened.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 fn mounted(dir: &Path, region: &str) -> bool {
     pmvisor::fs::mountinfo::rvmfs_at(dir).unwrap().is_some_and(|m| m.source == region)
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn stderr_of(cmd: &mut assert_cmd::Command) -> String {
     String::from_utf8_lossy(&cmd.assert().failure().get_output().stderr).into_owned()
-}
-
-fn dir_in(sandbox: &Sandbox, name: &str) -> (PathBuf, MountGuard) {
-    let dir = sandbox.path(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    (dir.clone(), MountGuard(dir))
 }
 
 #[test]
@@ -108,40 +71,6 @@ fn the_daemon_serves_mounts_refuses_doubles_and_restores_them_after_a_restart() 
     assert_eq!(std::fs::read(dir.join("sub/b.txt")).unwrap(), vec![7u8; 100_000]);
     sandbox.on_pool(&["fs", "check", "home"]).assert().success();
     sandbox.on_pool(&["fs", "umount"]).arg(&dir).assert().success();
-}
-
-/// Puts `/sbin/mount.fuse.rvmfs` in place for mount(8), restoring what was
-/// there before when dropped.
-struct SystemHelper {
-    previous: Option<PathBuf>,
-}
-
-const SYSTEM_HELPER: &str = "/sbin/mount.fuse.rvmfs";
-
-impl SystemHelper {
-    fn install(sandbox: &Sandbox) -> SystemHelper {
-        let previous = std::fs::read_link(SYSTEM_HELPER).ok();
-        let _ = std::fs::remove_file(SYSTEM_HELPER);
-        let out = sandbox.pmvisor().args(["install"]).assert().success();
-        let said = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
-        assert!(said.contains("Linked /sbin/mount.fuse.rvmfs"), "{said}");
-        SystemHelper { previous }
-    }
-}
-
-impl Drop for SystemHelper {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(SYSTEM_HELPER);
-        if let Some(previous) = &self.previous {
-            let _ = std::os::unix::fs::symlink(previous, SYSTEM_HELPER);
-        }
-    }
-}
-
-fn mount_8(sandbox: &Sandbox, region: &str, dir: &Path, options: &str) -> std::process::Output {
-    let mut cmd = Command::new("mount");
-    sandbox.env(&mut cmd);
-    cmd.args(["-t", "fuse.rvmfs", region]).arg(dir).args(["-o", options]).output().unwrap()
 }
 
 #[test]
@@ -368,6 +297,23 @@ fn perform(root: &Path, op: &Op, sync: bool) -> std::io::Result<()> {
     }
 }
 
+/// What differs between an expected tree and the one found: paths with
+/// the expected and found sizes (-1 for a directory, none when missing).
+fn tree_diff(expected: &Tree, found: &Tree) -> String {
+    let size = |n: &Node| match n {
+        Node::File(d) => d.len() as i64,
+        Node::Dir => -1,
+    };
+    let mut out = String::new();
+    for (path, node) in expected.iter().filter(|(p, n)| found.get(*p) != Some(*n)) {
+        out += &format!("{path} {} -> {:?}; ", size(node), found.get(path).map(size));
+    }
+    for path in found.keys().filter(|p| !expected.contains_key(*p)) {
+        out += &format!("{path} unexpected; ");
+    }
+    out
+}
+
 fn read_tree(root: &Path, prefix: &str, tree: &mut Tree) {
     for entry in std::fs::read_dir(root.join(prefix)).unwrap() {
         let entry = entry.unwrap();
@@ -439,6 +385,9 @@ fn sigkill_at_random_moments_leaves_a_committed_prefix_with_every_fsync() {
         read_tree(&dir, "", &mut tree);
         let matched =
             (lowest..expected.len()).find(|k| expected[*k] == tree).unwrap_or_else(|| {
+                for (k, state) in expected.iter().enumerate().skip(lowest) {
+                    eprintln!("  vs the state after op {k}: {}", tree_diff(state, &tree));
+                }
                 panic!(
                     "round {round} (seed {seed}): the tree after the crash is no state between op \
                  {lowest} and {}: {:?}",

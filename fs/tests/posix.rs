@@ -308,9 +308,20 @@ fn fallocate_punches_holes_that_seek_data_and_seek_hole_see() {
 }
 
 #[test]
-fn permissions_are_checked_for_a_non_root_caller() {
+fn permissions_are_checked_for_a_non_root_caller_by_the_kernel() {
+    permissions_are_checked_for_a_non_root_caller(false);
+}
+
+#[test]
+fn permissions_are_checked_for_a_non_root_caller_by_rvmfs_with_sync_close() {
+    permissions_are_checked_for_a_non_root_caller(true);
+}
+
+fn permissions_are_checked_for_a_non_root_caller(sync_close: bool) {
     // Other users reach a FUSE mount only with allow_other.
-    let Some(m) = mounted_with(8192, MountOptions { allow_other: true, ..options() }) else {
+    let options = MountOptions { allow_other: true, sync_close, ..options() };
+    assert_eq!(options.fs_options().check_permissions, sync_close);
+    let Some(m) = mounted_with(8192, options) else {
         return;
     };
     fs::write(m.path("secret"), b"s").unwrap();
@@ -467,8 +478,9 @@ fn data_survives_unmount_and_remount() {
 }
 
 #[test]
-fn closing_a_written_file_waits_for_its_commit_and_reading_one_does_not() {
-    let Some(m) = mounted(4096) else { return };
+fn closing_a_written_file_waits_for_its_commit_with_sync_close() {
+    let options = MountOptions { sync_close: true, ..options() };
+    let Some(m) = mounted_with(4096, options) else { return };
     let path = m.path("durable");
     let mut f = std::fs::File::create(&path).unwrap();
     m.fs().commit_now().unwrap();
@@ -482,4 +494,54 @@ fn closing_a_written_file_waits_for_its_commit_and_reading_one_does_not() {
     std::fs::File::open(&path).unwrap().read_to_string(&mut text).unwrap();
     assert_eq!(text, "made durable by close");
     assert_eq!(m.fs().rvm().durable_sequence(), after_close, "a read-only close commits nothing");
+}
+
+/// Polls until `rvm`'s durable sequence passes `after`, for up to 5 s.
+fn commits_after<S: rvmfs::PageStore>(rvm: &rvmfs::Rvm<S>, after: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if rvm.durable_sequence() > after {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn closing_a_written_file_commits_and_reading_one_does_not() {
+    // No periodic commit: only the close can make the write durable.
+    let options =
+        MountOptions { commit_interval: std::time::Duration::from_secs(3600), ..options() };
+    let Some(m) = mounted_with(4096, options) else { return };
+    let path = m.path("existing");
+    fs::write(&path, b"first").unwrap();
+    // The RELEASE of the created file and its close event come after
+    // close() returns; let them land before taking the baseline.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    m.fs().commit_now().unwrap();
+    let before_write = m.fs().rvm().durable_sequence();
+    let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all(b"FIRST, made durable by close").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(m.fs().rvm().durable_sequence(), before_write, "a write alone commits nothing");
+    drop(f);
+    assert!(
+        commits_after(m.fs().rvm(), before_write),
+        "the close of a written file did not commit"
+    );
+    let after_close = m.fs().rvm().durable_sequence();
+    for _ in 0..100 {
+        let mut text = String::new();
+        fs::File::open(&path).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "FIRST, made durable by close");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(m.fs().rvm().durable_sequence(), after_close, "a read-only close commits nothing");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(m.dir.path().to_str().unwrap()))
+        .expect("the mount is listed");
+    assert!(line.contains(" - fuse.rvmfs "), "mounted as type fuse.rvmfs: {line}");
 }

@@ -45,7 +45,7 @@ pub enum FsCommand {
         name: String,
         /// An existing directory
         dir: PathBuf,
-        /// Options: ro, commit=SECONDS (default 5), allow_other, default_permissions
+        /// Options: ro, commit=SECONDS (default 5), allow_other, default_permissions, sync_close
         #[arg(short = 'o', value_name = "OPTIONS", default_value = "")]
         options: String,
     },

@@ -5,10 +5,9 @@
 //! those of proc(5); paths have their octal escapes (`\040` for a space)
 //! undone.
 //!
-//! fuser mounts with the type `fuse` (it does not use the subtype), so an
-//! RvmFS mount shows as `fuse` with the region name as its source; a
-//! kernel that shows `fuse.rvmfs` is understood too. Callers that need
-//! certainty match the source and the serving process.
+//! RvmFS mounts have the type `fuse.rvmfs` (mount(2) as root, or
+//! fusermount3 with `subtype=rvmfs`) and the region name as their source.
+//! Callers that need certainty match the source and the serving process.
 
 use std::path::{Path, PathBuf};
 
@@ -29,10 +28,9 @@ pub struct MountEntry {
 }
 
 impl MountEntry {
-    /// Whether this can be an RvmFS mount (a FUSE mount of type `fuse`
-    /// or `fuse.rvmfs`).
+    /// Whether this is an RvmFS mount.
     pub fn is_rvmfs(&self) -> bool {
-        self.fstype == RVMFS_TYPE || self.fstype == "fuse"
+        self.fstype == RVMFS_TYPE
     }
 }
 

@@ -172,8 +172,9 @@ impl FsMounts {
     }
 
     /// Mount region `name` at `mountpoint` with `options` (the `-o` string:
-    /// `ro`, `commit=N`, `allow_other`, `default_permissions`), and remember
-    /// it so it is mounted again after a restart.
+    /// `ro`, `commit=N`, `allow_other`, `default_permissions`, `sync_close`;
+    /// `allow_other` is implied when this process is root), and remember it
+    /// so it is mounted again after a restart.
     pub fn mount(
         &self,
         name: &str,
@@ -200,6 +201,10 @@ impl FsMounts {
         }
         let mut parsed = MountOptions::parse(options).map_err(fs_error(name))?;
         parsed.fsname = name.to_string();
+        // A mount made by root is a system mount: like a disk filesystem it
+        // serves every user, permissions checked from the mode bits (FUSE
+        // would otherwise refuse every process of another user with EACCES).
+        parsed.allow_other |= rustix::process::geteuid().is_root();
         let store = RegionStore::open(&self.pool, name)?;
         let fs = RvmFs::open(store, parsed.fs_options()).map_err(fs_error(name))?;
         let handle = mount(fs, &mountpoint, &parsed).map_err(fs_error(name))?;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod fuse;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -14,11 +14,26 @@
 //! no committer: closed transactions become durable at the next commit point
 //! that waits (fsync, release of a written file, unmount, `commit_now`),
 //! which makes the persist points deterministic for crash tests.
+//!
+//! The kernel splits a buffered write(2) that starts inside a page it has not
+//! cached into two WRITE requests: that first partial page, then the rest.
+//! A commit point that comes from outside the writer (the periodic one, a
+//! close seen by the close watcher) could fall between the two and commit
+//! half a write. Such commit points first wait, at most
+//! [`SPLIT_WRITE_WAIT`], for the rest of a write whose first piece ended on
+//! a page boundary; so one write(2) of up to `max_write` bytes is never cut
+//! by a commit the writer did not ask for.
 
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use crate::PAGE_SIZE;
+
 use crate::PageStore;
+
+/// How long an outside commit point waits for the rest of a split write (the
+/// kernel sends it as soon as the first piece is answered).
+pub(crate) const SPLIT_WRITE_WAIT: Duration = Duration::from_millis(2);
 
 use super::error::FsResult;
 use super::{FsShared, RvmFs};
@@ -55,6 +70,33 @@ impl<S: PageStore + 'static> RvmFs<S> {
             }
         }
         Ok(())
+    }
+
+    /// Remembers a write piece that may be the first half of a split write
+    /// (it starts inside a page and ends on a page boundary), or forgets the
+    /// one this piece continues.
+    pub(crate) fn note_write_piece(&self, ino: u64, offset: u64, end: u64) {
+        let page = PAGE_SIZE as u64;
+        let mut running = self.lock();
+        if running.split_write.is_some_and(|(i, at, _)| i == ino && at == offset) {
+            running.split_write = None;
+        }
+        if !offset.is_multiple_of(page) && end.is_multiple_of(page) {
+            running.split_write = Some((ino, end, Instant::now()));
+        }
+    }
+
+    /// Waits until no split write is half applied, or [`SPLIT_WRITE_WAIT`]
+    /// after its first piece came.
+    pub(crate) fn settle_split_write(&self) {
+        loop {
+            let Some((_, _, since)) = self.lock().split_write else { return };
+            let waited = since.elapsed();
+            if waited >= SPLIT_WRITE_WAIT {
+                return;
+            }
+            std::thread::sleep((SPLIT_WRITE_WAIT - waited).min(Duration::from_micros(50)));
+        }
     }
 
     /// Makes everything done so far durable and returns when it is: the entry
@@ -121,6 +163,7 @@ fn run_committer<S: PageStore + 'static>(weak: Weak<FsShared<S>>, interval: Dura
         let fs = RvmFs { shared };
         let result = if periodic {
             next_periodic = Instant::now() + tick;
+            fs.settle_split_write();
             fs.commit_point(Durability::Wait)
         } else if kicked {
             fs.shared.rvm.sync().map_err(Into::into)

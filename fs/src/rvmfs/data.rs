@@ -213,6 +213,7 @@ impl<S: PageStore + 'static> RvmFs<S> {
             save(ctx, &inode)?;
             Ok(len)
         })?;
+        self.note_write_piece(ino, offset, end);
         self.mark_written(fh);
         Ok(len)
     }

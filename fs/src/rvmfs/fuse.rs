@@ -6,31 +6,45 @@
 //! file) happens outside it, so a slow commit does not stall other requests.
 //!
 //! Tuning: `max_write` 1 MiB (an append of 1 MiB is one request), entry and
-//! attribute timeouts of 1 s, readdirplus. The kernel's writeback cache is
+//! attribute timeouts of 1 s, readdirplus, and no OPEN/FLUSH/RELEASE round
+//! trips for files (see `close_watch`: open and close cost no request; the
+//! close of a written file is seen through fanotify; `sync_close` brings the
+//! round trips back and makes such a close wait for its commit). The kernel's writeback cache is
 //! **off**: with it the kernel would hold written pages and send them after
 //! `release`, so a close of a written file could no longer be a commit point
 //! covering its data, and the kernel would also own mtime and size.
 //!
-//! Without `default_permissions` every permission check is ours: the caller
-//! is the request's fsuid/fsgid plus the supplementary groups read from
-//! `/proc/<pid>/status`.
+//! Permissions are checked by the kernel from the mode bits
+//! (`default_permissions`), which no-open mode needs: no request reaches us
+//! when a file is opened. With `sync_close` and without `default_permissions`
+//! every permission check is ours: the caller is the request's fsuid/fsgid
+//! plus the supplementary groups read from `/proc/<pid>/status`.
+//!
+//! As root the filesystem is mounted with mount(2) as type `fuse.rvmfs`;
+//! otherwise fusermount3 mounts it (with the same type, from `subtype=`).
 
 use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Config, Errno as FuseErrno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
-    TimeOrNow, WriteFlags,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session,
+    SessionACL, TimeOrNow, WriteFlags,
 };
+use nix::mount::{MntFlags, MsFlags};
 
 use crate::PageStore;
 
 use super::attributes::{SetAttr, TimeSet};
+use super::close_watch::{self, CloseWatch};
 use super::error::{FsError, FsResult};
 use super::inode::{Inode, Timestamp};
 use super::permission::Caller;
@@ -54,6 +68,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// The `fsname` shown in `/proc/mounts`.
     pub fsname: String,
+    /// Keep FUSE's OPEN/FLUSH/RELEASE requests and make the close of a
+    /// written file wait until its commit is durable (`sync_close`).
+    pub sync_close: bool,
 }
 
 impl Default for MountOptions {
@@ -65,6 +82,7 @@ impl Default for MountOptions {
             default_permissions: false,
             threads: 4,
             fsname: "rvmfs".into(),
+            sync_close: false,
         }
     }
 }
@@ -81,6 +99,7 @@ impl MountOptions {
                 "rw" => parsed.read_only = false,
                 "allow_other" => parsed.allow_other = true,
                 "default_permissions" => parsed.default_permissions = true,
+                "sync_close" => parsed.sync_close = true,
                 "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "noatime"
                 | "relatime" | "auto" | "noauto" | "user" | "nouser" | "nofail" | "_netdev"
                 | "defaults" => {}
@@ -110,8 +129,14 @@ impl MountOptions {
         FsOptions {
             read_only: self.read_only,
             commit_interval: self.commit_interval,
-            check_permissions: !self.default_permissions,
+            check_permissions: !self.kernel_checks_permissions(),
         }
+    }
+
+    /// Whether the kernel checks permissions: asked for, or needed because
+    /// opens do not reach the filesystem.
+    fn kernel_checks_permissions(&self) -> bool {
+        self.default_permissions || !self.sync_close
     }
 }
 
@@ -121,6 +146,9 @@ impl MountOptions {
 pub struct MountHandle<S: PageStore + 'static> {
     fs: RvmFs<S>,
     session: Option<fuser::BackgroundSession>,
+    /// Mounted with mount(2) by us (so unmounted by us), not by fusermount3.
+    direct: bool,
+    close_watch: Option<CloseWatch>,
     mountpoint: PathBuf,
 }
 
@@ -146,8 +174,17 @@ impl<S: PageStore + 'static> MountHandle<S> {
     }
 
     fn finish(&mut self) -> FsResult<()> {
+        if let Some(mut watch) = self.close_watch.take() {
+            watch.stop();
+        }
         if let Some(session) = self.session.take() {
-            let unmounted = session.umount_and_join();
+            let unmounted = if self.direct {
+                nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| session.join())
+            } else {
+                session.umount_and_join()
+            };
             self.fs.commit_now()?;
             self.fs.stop_committer();
             unmounted.map_err(|source| FsError::Mount {
@@ -173,6 +210,9 @@ pub fn mount<S: PageStore + 'static>(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> FsResult<MountHandle<S>> {
+    let mount_error =
+        |source| FsError::Mount { mountpoint: mountpoint.display().to_string(), source };
+    let kernel_checks = options.kernel_checks_permissions();
     let mut mount_options = vec![
         MountOption::FSName(options.fsname.clone()),
         MountOption::Subtype("rvmfs".into()),
@@ -183,7 +223,7 @@ pub fn mount<S: PageStore + 'static>(
     if options.read_only {
         mount_options.push(MountOption::RO);
     }
-    if options.default_permissions {
+    if kernel_checks {
         mount_options.push(MountOption::DefaultPermissions);
     }
     let mut config = Config::default();
@@ -191,17 +231,104 @@ pub fn mount<S: PageStore + 'static>(
     config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let adapter =
-        FuseAdapter { fs: fs.clone(), supplementary_groups: !options.default_permissions };
-    let session = fuser::spawn_mount(adapter, mountpoint, &config).map_err(|source| {
-        FsError::Mount { mountpoint: mountpoint.display().to_string(), source }
-    })?;
-    Ok(MountHandle { fs, session: Some(session), mountpoint: mountpoint.to_path_buf() })
+    // Closes need watching only where files can be written.
+    let group = if options.sync_close || options.read_only {
+        None
+    } else {
+        close_watch::group()
+            .map_err(|error| {
+                tracing::info!(%error, "no fanotify here; opens and closes of files take FUSE round trips (as with sync_close)");
+            })
+            .ok()
+    };
+    let no_open = Arc::new(AtomicBool::new(false));
+    let adapter = FuseAdapter {
+        fs: fs.clone(),
+        supplementary_groups: !kernel_checks,
+        no_open: Arc::clone(&no_open),
+    };
+    let (session, direct) =
+        match mount_direct(mountpoint, options, kernel_checks).map_err(mount_error)? {
+            Some(device) => {
+                let session = Session::from_fd(adapter, device, config.acl, config)
+                    .and_then(Session::spawn)
+                    .map_err(|error| {
+                        let _ = nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH);
+                        mount_error(error)
+                    })?;
+                (session, true)
+            }
+            None => (fuser::spawn_mount(adapter, mountpoint, &config).map_err(mount_error)?, false),
+        };
+    let close_watch = match group {
+        Some(group) => match CloseWatch::start(group, &fs, mountpoint) {
+            Ok(watch) => {
+                no_open.store(true, Ordering::Relaxed);
+                Some(watch)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch closes; opens and closes of files take FUSE round trips");
+                None
+            }
+        },
+        None => {
+            no_open.store(options.read_only && !options.sync_close, Ordering::Relaxed);
+            None
+        }
+    };
+    Ok(MountHandle {
+        fs,
+        session: Some(session),
+        direct,
+        close_watch,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+/// Mounts `/dev/fuse` at `mountpoint` with mount(2), as type `fuse.rvmfs`.
+/// `None` where that is not permitted (then fusermount3 mounts).
+fn mount_direct(
+    mountpoint: &Path,
+    options: &MountOptions,
+    kernel_checks: bool,
+) -> std::io::Result<Option<OwnedFd>> {
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let device = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id={},group_id={}",
+        device.as_raw_fd(),
+        nix::unistd::getuid(),
+        nix::unistd::getgid()
+    );
+    if options.allow_other {
+        data.push_str(",allow_other");
+    }
+    if kernel_checks {
+        data.push_str(",default_permissions");
+    }
+    let mut flags = MsFlags::MS_NOATIME;
+    if options.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    match nix::mount::mount(
+        Some(options.fsname.as_str()),
+        mountpoint,
+        Some("fuse.rvmfs"),
+        flags,
+        Some(data.as_str()),
+    ) {
+        Ok(()) => Ok(Some(device.into())),
+        Err(nix::errno::Errno::EPERM) => Ok(None),
+        Err(errno) => Err(errno.into()),
+    }
 }
 
 struct FuseAdapter<S: PageStore + 'static> {
     fs: RvmFs<S>,
     supplementary_groups: bool,
+    /// Answer OPEN and FLUSH with ENOSYS so the kernel stops sending OPEN,
+    /// FLUSH and RELEASE for files (set once closes are watched).
+    no_open: Arc<AtomicBool>,
 }
 
 /// Supplementary groups of process `pid`, from `/proc/<pid>/status`.
@@ -466,6 +593,10 @@ impl<S: PageStore + 'static> Filesystem for FuseAdapter<S> {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open.load(Ordering::Relaxed) {
+            reply.error(FuseErrno::from_i32(libc::ENOSYS));
+            return;
+        }
         match self.fs.open_file(&self.caller(req), ino.0, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
             Err(e) => reply.error(errno(&e)),
@@ -515,6 +646,10 @@ impl<S: PageStore + 'static> Filesystem for FuseAdapter<S> {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if self.no_open.load(Ordering::Relaxed) {
+            reply.error(FuseErrno::from_i32(libc::ENOSYS));
+            return;
+        }
         reply_empty(self.fs.flush(fh.0), reply);
     }
 
@@ -764,5 +899,14 @@ mod tests {
             "invalid mount option \"commit=soon\": commit takes a whole number of seconds"
         );
         assert!(MountOptions::parse("bogus").is_err());
+    }
+
+    #[test]
+    fn the_filesystem_checks_permissions_only_with_sync_close() {
+        assert!(!MountOptions::parse("").unwrap().fs_options().check_permissions);
+        let sync = MountOptions::parse("sync_close").unwrap();
+        assert!(sync.sync_close && sync.fs_options().check_permissions);
+        let kernel = MountOptions::parse("sync_close,default_permissions").unwrap();
+        assert!(!kernel.fs_options().check_permissions);
     }
 }

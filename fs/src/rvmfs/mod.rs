@@ -21,6 +21,7 @@
 
 mod attributes;
 mod check;
+mod close_watch;
 mod commit;
 mod data;
 mod directory;
@@ -36,7 +37,7 @@ mod xattr;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{PageRef, PageStore};
 use crate::{Rvm, Transaction};
@@ -101,6 +102,10 @@ struct Running<S: PageStore> {
     pins: HashMap<u64, Pins>,
     handles: HashMap<u64, Handle>,
     next_handle: u64,
+    /// The first piece of a write the kernel may have split in two: inode,
+    /// where the rest would start, and when the piece came (see
+    /// [`RvmFs::settle_split_write`]).
+    split_write: Option<(u64, u64, Instant)>,
 }
 
 /// State of the periodic committer.
@@ -206,6 +211,7 @@ impl<S: PageStore + 'static> RvmFs<S> {
                     pins: HashMap::new(),
                     handles: HashMap::new(),
                     next_handle: 1,
+                    split_write: None,
                 }),
                 signal: Mutex::new(CommitSignal::default()),
                 signal_changed: Condvar::new(),

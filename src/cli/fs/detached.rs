@@ -120,7 +120,7 @@ pub fn mount(
         );
     }
     rvmfs::MountOptions::parse(options).map_err(|err| {
-        anyhow!("{err}; the options are ro, commit=SECONDS, allow_other and default_permissions")
+        anyhow!("{err}; the options are ro, commit=SECONDS, allow_other, default_permissions and sync_close")
     })?;
     let pool_path = {
         let pool = open_pool(settings, OpenMode::ReadWrite, region)?;

@@ -6,9 +6,19 @@
 //! fs mount SOURCE MOUNTPOINT -o OPTIONS`, taking `pool=P` and `socket=S`
 //! out of the options, so it does exactly what `pmvisor fs mount` does.
 //! `pmvisor install` links `/sbin/mount.fuse.rvmfs` to the binary.
+//!
+//! `mount -o remount,ro DIR` (and `rw`) calls the helper too, with the
+//! mount's current options and `remount` among them: the helper remounts
+//! in place with mount(2) and `MS_REMOUNT`, as for any other filesystem.
+//! The kernel then refuses every change with `EROFS` (or `EBUSY` while a
+//! file is open for writing); the server and its own options (`commit=`,
+//! `sync_close`, ...) stay as they are.
 
 use std::ffi::{OsStr, OsString};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use rustix::mount::MountFlags;
 
 /// The name mount(8) looks for.
 pub const HELPER_NAME: &str = "mount.fuse.rvmfs";
@@ -18,9 +28,77 @@ pub fn is_helper(argv0: &OsStr) -> bool {
     Path::new(argv0).file_name().is_some_and(|name| name == HELPER_NAME)
 }
 
-/// The `pmvisor` command line for a helper command line (`args[0]` is the
-/// helper's own name), or why it cannot be understood.
-pub fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
+/// What mount(8) asks of the helper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelperCall {
+    /// A new mount: the `pmvisor` command line that makes it.
+    Mount(Vec<OsString>),
+    /// `-o remount`: change the flags of the mount at a directory in place.
+    Remount(Remount),
+}
+
+/// A remount: the mount flags the mount at `dir` gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remount {
+    /// The mount point.
+    pub dir: PathBuf,
+    /// Read-only, atime, suid, dev and exec flags (without `MS_REMOUNT`).
+    pub flags: MountFlags,
+}
+
+impl Remount {
+    /// Remounts the RvmFS at `dir` with mount(2) (needs `CAP_SYS_ADMIN`).
+    pub fn run(&self) -> anyhow::Result<()> {
+        let dir = &self.dir;
+        if crate::fs::mountinfo::rvmfs_at(dir)?.is_none() {
+            return Err(anyhow!(
+                "{} has no RvmFS mounted on it; mount one with `mount -t fuse.rvmfs REGION DIR`",
+                dir.display()
+            ));
+        }
+        rustix::mount::mount_remount(dir, self.flags, "").with_context(|| {
+            format!(
+                "cannot remount {}; only root may, and a file open for writing keeps it \
+                 read-write",
+                dir.display()
+            )
+        })
+    }
+}
+
+/// The mount flags `options` ask for, applied in order (the last of `ro`
+/// and `rw` wins, as in mount(8)); options that are not mount flags (the
+/// filesystem's own, `user_id=`...) are left out.
+fn mount_flags<'a>(options: impl IntoIterator<Item = &'a str>) -> MountFlags {
+    let mut flags = MountFlags::empty();
+    for option in options {
+        let (flag, on) = match option {
+            "ro" => (MountFlags::RDONLY, true),
+            "rw" => (MountFlags::RDONLY, false),
+            "nosuid" => (MountFlags::NOSUID, true),
+            "suid" => (MountFlags::NOSUID, false),
+            "nodev" => (MountFlags::NODEV, true),
+            "dev" => (MountFlags::NODEV, false),
+            "noexec" => (MountFlags::NOEXEC, true),
+            "exec" => (MountFlags::NOEXEC, false),
+            "noatime" => (MountFlags::NOATIME, true),
+            "atime" => (MountFlags::NOATIME, false),
+            "nodiratime" => (MountFlags::NODIRATIME, true),
+            "diratime" => (MountFlags::NODIRATIME, false),
+            "relatime" => (MountFlags::RELATIME, true),
+            "norelatime" => (MountFlags::RELATIME, false),
+            "strictatime" => (MountFlags::STRICTATIME, true),
+            "nostrictatime" => (MountFlags::STRICTATIME, false),
+            _ => continue,
+        };
+        flags.set(flag, on);
+    }
+    flags
+}
+
+/// What a helper command line (`args[0]` is the helper's own name) asks
+/// for, or why it cannot be understood.
+pub fn translate(args: &[OsString]) -> Result<HelperCall, String> {
     let mut positional = Vec::new();
     let mut options = Vec::new();
     let (mut sloppy, mut verbose) = (false, false);
@@ -45,11 +123,17 @@ pub fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
     }
     let [source, dir] = <[String; 2]>::try_from(positional)
         .map_err(|_| format!("usage: {HELPER_NAME} REGION DIR [-o OPTIONS] [-n] [-s] [-v]"))?;
+    let options: Vec<&str> =
+        options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()).collect();
+    if options.contains(&"remount") {
+        let flags = mount_flags(options.iter().copied());
+        return Ok(HelperCall::Remount(Remount { dir: dir.into(), flags }));
+    }
     // The old fstab form `rvmfs#REGION` names the region after the `#`.
     let region = source.rsplit('#').next().unwrap_or(&source).to_string();
     let mut out: Vec<OsString> = vec!["pmvisor".into()];
     let mut kept = Vec::new();
-    for option in options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
+    for option in options {
         if let Some(pool) = option.strip_prefix("pool=") {
             out.extend(["--pool".into(), pool.into()]);
         } else if let Some(socket) = option.strip_prefix("socket=") {
@@ -65,7 +149,7 @@ pub fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
     }
     out.extend(["fs".into(), "mount".into(), region.into(), dir.into()]);
     out.extend(["-o".into(), kept.join(",").into()]);
-    Ok(out)
+    Ok(HelperCall::Mount(out))
 }
 
 #[cfg(test)]
@@ -76,7 +160,8 @@ mod tests {
         text.split(' ').map(OsString::from).collect()
     }
 
-    fn line(args: Vec<OsString>) -> String {
+    fn line(call: HelperCall) -> String {
+        let HelperCall::Mount(args) = call else { panic!("not a mount: {call:?}") };
         args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
     }
 
@@ -99,5 +184,19 @@ mod tests {
         assert!(translate(&args("mount.fuse.rvmfs h /m -x")).unwrap_err().contains("-x"));
         assert!(is_helper(OsStr::new("/sbin/mount.fuse.rvmfs")));
         assert!(!is_helper(OsStr::new("pmvisor")));
+    }
+
+    #[test]
+    fn remounts_keep_the_mount_flags_and_the_last_of_ro_and_rw_wins() {
+        // What mount(8) passes for `mount -o remount,ro /m` on an RvmFS.
+        let call = translate(&args(
+            "mount.fuse.rvmfs home /m -o ro,noatime,remount,user_id=0,group_id=0,allow_other",
+        ))
+        .unwrap();
+        let flags = MountFlags::RDONLY | MountFlags::NOATIME;
+        assert_eq!(call, HelperCall::Remount(Remount { dir: "/m".into(), flags }));
+        let call = translate(&args("mount.fuse.rvmfs h /m -o ro,nosuid,remount,rw,commit=3"));
+        let flags = MountFlags::NOSUID;
+        assert_eq!(call.unwrap(), HelperCall::Remount(Remount { dir: "/m".into(), flags }));
     }
 }

@@ -39,7 +39,7 @@ pub struct MountRequest {
     pub region: String,
     /// An existing directory.
     pub mountpoint: PathBuf,
-    /// Mount options: `ro`, `commit=N`, `allow_other`, `default_permissions`.
+    /// Mount options: `ro`, `commit=N`, `allow_other`, `default_permissions`, `sync_close`.
     #[serde(default)]
     pub options: String,
 }
@@ -128,7 +128,7 @@ pub fn mount_sentence(err: &MountError) -> String {
     match err {
         MountError::Fs { name, source: option @ rvmfs::FsError::MountOption { .. } } => format!(
             "cannot mount region {name:?}: {option}; the options are ro, commit=SECONDS, \
-             allow_other and default_permissions"
+             allow_other, default_permissions and sync_close"
         ),
         MountError::Fs { name, source: source @ rvmfs::FsError::Mount { .. } } => format!(
             "{}; check that FUSE is available (/dev/fuse, fusermount3) and that the directory \

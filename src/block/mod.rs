@@ -136,6 +136,36 @@ pub struct BlockRegion {
     counters: Counters,
 }
 
+/// Most blocks one copy thread writes to swap in one go (1 MiB).
+const COPY_RUN: usize = 256;
+/// Blocks a batch needs before its copies are spread over threads.
+const PARALLEL_FROM: usize = 1024;
+/// Most threads a batch's copies use.
+const COPY_THREADS: usize = 4;
+
+/// Runs `copy` on every item, spread over up to [`COPY_THREADS`] threads
+/// when the batch moves at least [`PARALLEL_FROM`] blocks (one thread
+/// moves memory at a fraction of what the machine can). The first error
+/// wins; every thread has finished when this returns.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    blocks: usize,
+    copy: impl Fn(&T) -> std::io::Result<()> + Sync,
+) -> std::io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(COPY_THREADS);
+    if threads < 2 || blocks < PARALLEL_FROM || items.len() < 2 {
+        return items.iter().try_for_each(&copy);
+    }
+    let copy = &copy;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(copy)))
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("a copy thread panicked")).collect()
+    })
+}
+
 fn io(source: std::io::Error) -> DeviceError {
     DeviceError::Io(source)
 }
@@ -394,19 +424,23 @@ impl BlockRegion {
         let stored = (|| {
             let mut order: Vec<usize> = (0..picked.len()).collect();
             order.sort_unstable_by_key(|&i| slots[i]);
-            let mut run = Vec::new();
-            let mut i = 0;
-            while i < order.len() {
-                let first = slots[order[i]];
-                run.clear();
-                while i < order.len() && slots[order[i]] == first + (run.len() as u64 / BLOCK) {
-                    let at = run.len();
-                    run.resize(at + BLOCK as usize, 0);
-                    self.media.read(self.frame_offset(st, picked[order[i]]), &mut run[at..])?;
-                    i += 1;
+            // Runs of consecutive slots, each at most COPY_RUN blocks, so
+            // that a big batch spreads over the copy threads.
+            let mut runs: Vec<(u64, Vec<u64>)> = Vec::new();
+            for &i in &order {
+                let offset = self.frame_offset(st, picked[i]);
+                match runs.last_mut() {
+                    Some((first, run))
+                        if slots[i] == *first + run.len() as u64 && run.len() < COPY_RUN =>
+                    {
+                        run.push(offset)
+                    }
+                    _ => runs.push((slots[i], vec![offset])),
                 }
-                tier.store.write_slots(first, &run)?;
             }
+            in_parallel(&runs, picked.len(), |(first, run)| {
+                tier.store.write_slots_from(*first, &*self.media, run)
+            })?;
             tier.store.sync()
         })();
         if let Err(e) = stored {

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use pmvisor_blk::DeviceError;
 use serde::Serialize;
 
-use super::{io, BlockError, BlockRegion, BlockState, State, BLOCK, NO_BLOCK};
+use super::{
+    in_parallel, io, BlockError, BlockRegion, BlockState, State, BLOCK, COPY_RUN, NO_BLOCK,
+};
 use crate::pool::{RegionLayout, PAGE_SIZE};
 
 /// What to do with a block the guest gives up.
@@ -297,12 +299,16 @@ impl BlockRegion {
                 (st.owner[f as usize], f, target)
             })
             .collect();
-        let mut data = vec![0u8; BLOCK as usize];
         for chunk in moves.chunks(BATCH) {
-            for &(_, from, to) in chunk {
-                self.media.read(self.frame_offset(st, from), &mut data).map_err(io)?;
-                self.media.write(self.frame_offset(st, to), &data).map_err(io)?;
-            }
+            let copies: Vec<(u64, u64)> = chunk
+                .iter()
+                .map(|&(_, from, to)| (self.frame_offset(st, from), self.frame_offset(st, to)))
+                .collect();
+            let pieces: Vec<&[(u64, u64)]> = copies.chunks(COPY_RUN).collect();
+            in_parallel(&pieces, copies.len(), |piece| {
+                piece.iter().try_for_each(|&(from, to)| self.media.copy(from, to, BLOCK))
+            })
+            .map_err(io)?;
             self.persist_pages(
                 chunk.iter().map(|&(_, _, to)| self.frame_offset(st, to)).collect(),
             )?;

@@ -27,6 +27,15 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
         }
         Ok(())
     }
+    /// Store the blocks at byte `offsets` of `media` in slots `first..`,
+    /// in order. A file tier writes them straight from the medium.
+    fn write_slots_from(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
+        let mut run = vec![0u8; offsets.len() * PAGE_SIZE as usize];
+        for (block, &offset) in run.chunks_mut(PAGE_SIZE as usize).zip(offsets) {
+            media.read(offset, block)?;
+        }
+        self.write_slots(first, &run)
+    }
     /// Read one 4 KiB block from `slot`.
     fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Make every slot written so far durable.
@@ -66,6 +75,18 @@ impl SwapStore for FileSwap {
 
     fn write_slots(&self, first: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, first * PAGE_SIZE)
+    }
+
+    fn write_slots_from(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
+        // Blocks next to each other in the medium go as one range.
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &offset in offsets {
+            match ranges.last_mut() {
+                Some((start, len)) if *start + *len == offset => *len += PAGE_SIZE,
+                _ => ranges.push((offset, PAGE_SIZE)),
+            }
+        }
+        media.write_ranges_to(&ranges, &self.file, first * PAGE_SIZE)
     }
 
     fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {

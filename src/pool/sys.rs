@@ -9,7 +9,8 @@
 //! - the size of a block device (`BLKGETSIZE64`);
 //! - a `MAP_SHARED_VALIDATE | MAP_SYNC` mapping, which memmap2 cannot ask for;
 //! - cache-line write-back and a store fence for DAX mappings;
-//! - copies in and out of a mapping at a bounds-checked offset.
+//! - copies in and out of a mapping at a bounds-checked offset, inside it,
+//!   and from it to a file with `pwritev`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -155,6 +156,79 @@ pub(crate) unsafe fn copy_out(base: *const u8, offset: u64, buf: &mut [u8]) {
 pub(crate) unsafe fn copy_in(base: *mut u8, offset: u64, data: &[u8]) {
     // SAFETY: in bounds of a live writable mapping by the caller's contract.
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset as usize), data.len()) }
+}
+
+/// Copy `len` bytes at `base + from` to `base + to`.
+///
+/// # Safety
+/// Both ranges must lie inside a live writable mapping and not overlap.
+pub(crate) unsafe fn copy_within(base: *mut u8, from: u64, to: u64, len: u64) {
+    // SAFETY: by the caller's contract.
+    unsafe {
+        std::ptr::copy_nonoverlapping(base.add(from as usize), base.add(to as usize), len as usize)
+    }
+}
+
+/// Most iovecs in one `pwritev` (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Write the ranges `(offset, len)` of the mapping at `base`, one after the
+/// other, to `fd` at byte `at` with `pwritev`: the kernel copies straight
+/// from the mapping. (rustix's `pwritev` takes `IoSlice`s, which would mean
+/// Rust references into memory other threads may write; raw iovecs do not.)
+///
+/// # Safety
+/// Every range must lie inside the live mapping at `base`.
+pub(crate) unsafe fn write_ranges(
+    fd: BorrowedFd<'_>,
+    base: *const u8,
+    ranges: &[(u64, u64)],
+    mut at: u64,
+) -> io::Result<()> {
+    let (mut i, mut skip) = (0, 0u64);
+    let mut iov = Vec::with_capacity(ranges.len().min(IOV_MAX));
+    loop {
+        while i < ranges.len() && ranges[i].1 == skip {
+            (i, skip) = (i + 1, 0);
+        }
+        if i == ranges.len() {
+            return Ok(());
+        }
+        iov.clear();
+        for (k, &(offset, len)) in ranges[i..].iter().take(IOV_MAX).enumerate() {
+            let done = if k == 0 { skip } else { 0 };
+            iov.push(libc::iovec {
+                // SAFETY: inside the mapping by the caller's contract.
+                iov_base: unsafe { base.add((offset + done) as usize) } as *mut libc::c_void,
+                iov_len: (len - done) as usize,
+            });
+        }
+        // SAFETY: the iovecs point into the live mapping; pwritev only
+        // reads them.
+        let n = unsafe {
+            libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, at as libc::off_t)
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
+        let mut n = n as u64;
+        at += n;
+        while n > 0 {
+            let left = ranges[i].1 - skip;
+            if n >= left {
+                (n, i, skip) = (n - left, i + 1, 0);
+            } else {
+                (n, skip) = (0, skip + n);
+            }
+        }
+    }
 }
 
 const CACHE_LINE: usize = 64;

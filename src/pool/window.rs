@@ -2,6 +2,7 @@
 //! own. Crash tests put a pool and its swap tier in windows of one
 //! `CrashMedia`, so a single persist counter orders both.
 
+use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
@@ -59,5 +60,20 @@ impl Media for MediaWindow {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         check_bounds(self.len, offset, len)?;
         self.inner.discard(self.base + offset, len)
+    }
+
+    fn copy(&self, from: u64, to: u64, len: u64) -> io::Result<()> {
+        check_bounds(self.len, from, len)?;
+        check_bounds(self.len, to, len)?;
+        self.inner.copy(self.base + from, self.base + to, len)
+    }
+
+    fn write_ranges_to(&self, ranges: &[(u64, u64)], file: &File, at: u64) -> io::Result<()> {
+        let mut inner = Vec::with_capacity(ranges.len());
+        for &(offset, len) in ranges {
+            check_bounds(self.len, offset, len)?;
+            inner.push((self.base + offset, len));
+        }
+        self.inner.write_ranges_to(&inner, file, at)
     }
 }

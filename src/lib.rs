@@ -1,6 +1,7 @@
 //! pmvisor: one persistent-memory pool given out as elastic block devices,
 //! a crash-atomic filesystem and persistent VMs (see SPEC.md).
 
+pub mod agent;
 pub mod block;
 pub mod pool;
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
-use predicates::str::contains;
+use predicates::str::{contains, starts_with};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -186,7 +186,8 @@ fn region_lifecycle_with_tables_and_json() {
     assert_eq!(names, ["meta", "ram", "vm1"]);
     assert_eq!(list[2]["block"]["size"], 8 << 20);
     assert_eq!(list[2]["block"]["resident_quota"], 8 << 20);
-    assert_eq!(list[2]["size"], (8 << 20) + 4 * 4096, "the block map takes 4 pages");
+    // Frames are taken as blocks are written: the region holds its map.
+    assert_eq!(list[2]["size"], 4 * 4096, "the block map takes 4 pages");
     assert_eq!(list[1]["block"], Value::Null);
     assert_eq!(list[1]["kind"], "memory");
     assert!(list[1]["offset"].is_u64());
@@ -213,11 +214,11 @@ fn region_lifecycle_with_tables_and_json() {
         .stdout("Resized region meta to 16.0 MiB.\n");
     assert_eq!(sandbox.json(&["region", "resize", "meta", "--size", "2M"])["size"], 2 << 20);
     assert_eq!(sandbox.json(&["region", "show", "meta"])["size"], 2 << 20);
-    sandbox
-        .on_pool(&["region", "resize", "vm3", "--resident", "2M"])
-        .assert()
-        .success()
-        .stdout("Set the resident quota of block region vm3 to 2.0 MiB.\n");
+    sandbox.on_pool(&["region", "resize", "vm3", "--resident", "2M"]).assert().success().stdout(
+        starts_with("Set the resident quota of block region vm3 to 2.0 MiB.\n")
+            .and(contains("freed 0 blocks"))
+            .and(contains("(no agent asked)")),
+    );
     assert_eq!(sandbox.json(&["region", "show", "vm3"])["block"]["resident_quota"], 2 << 20);
 
     sandbox
@@ -384,7 +385,8 @@ fn a_region_too_big_for_the_pool_is_refused_and_nothing_changes() {
     );
     fails_with(
         &mut sandbox.on_pool(&["region", "create", "disk", "--size", "1G"]),
-        "region \"disk\" needs 262656 pages but the pool has only",
+        "a resident quota of 262144 pages for block region \"disk\" (with its 512-page block \
+         map) is more than the whole pool's",
     );
     sandbox
         .on_pool(&["region", "create", "small", "--size", "1M", "--kind", "fs"])
@@ -512,4 +514,41 @@ fn exports_without_a_daemon_say_to_start_one() {
         .assert()
         .code(2)
         .stderr(contains("cannot be used with"));
+}
+
+#[test]
+fn an_agent_attached_without_a_daemon_is_recorded_for_it() {
+    let sandbox = Sandbox::new();
+    sandbox.create_pool("64M");
+    sandbox.on_pool(&["region", "create", "d", "--size", "4M", "--swap"]).assert().success();
+    sandbox
+        .on_pool(&["region", "attach-agent", "d", "serial:/run/pmvisor/agents/d.sock"])
+        .assert()
+        .success()
+        .stdout(
+            "Recorded the agent of block region d at serial:/run/pmvisor/agents/d.sock (disk \
+             serial pmv-d, deadline 200 ms); the daemon reaches it when it starts.\n",
+        );
+    let shown = sandbox.json(&["region", "show", "d"]);
+    assert_eq!(shown["attrs"]["agent.address"], "serial:/run/pmvisor/agents/d.sock");
+    fails_with(
+        &mut sandbox.on_pool(&["region", "qemu-args", "d"]),
+        "block region d is not exported; export it over NBD first",
+    );
+    sandbox
+        .on_pool(&["region", "resize", "d", "--deadline", "soon", "--resident", "1M"])
+        .assert()
+        .code(2)
+        .stderr(contains("invalid time `soon`"));
+    let resized = sandbox.json(&["region", "resize", "d", "--resident", "1M"]);
+    assert!(resized["resize"]["agent"].is_null(), "{resized}");
+    sandbox
+        .on_pool(&["region", "detach-agent", "d"])
+        .assert()
+        .success()
+        .stdout("Detached the agent of block region d.\n");
+    fails_with(
+        &mut sandbox.on_pool(&["region", "detach-agent", "d"]),
+        "region \"d\" has no agent; attach one with `pmvisor region attach-agent d serial:PATH`",
+    );
 }

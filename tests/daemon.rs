@@ -136,7 +136,7 @@ fn api_errors_are_json_sentences_with_the_right_status() {
     assert_eq!(region["kind"], "block");
     assert_eq!(region["block"]["size"], 1 << 20);
     assert_eq!(region["block"]["resident_quota"], 1 << 20);
-    assert_eq!(region["size"], (1 << 20) + 4096, "one page of block map");
+    assert_eq!(region["size"], 4096, "one page of block map; frames come as blocks are written");
 
     let (status, body) =
         http(&socket, "POST", "/v1/regions", Some(r#"{"name": "b", "size": 1, "colour": "red"}"#));
@@ -159,7 +159,7 @@ fn api_errors_are_json_sentences_with_the_right_status() {
     let (status, body) =
         http(&socket, "POST", "/v1/regions", Some(r#"{"name": "huge", "size": 1099511627776}"#));
     assert_eq!(status, 507);
-    assert!(body["error"].as_str().unwrap().contains("but the pool has only"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("is more than the whole pool's"), "{body}");
 
     let (status, body) =
         http(&socket, "POST", "/v1/regions", Some(r#"{"name": "a/b", "size": 4096}"#));
@@ -242,7 +242,7 @@ fn metrics_show_the_pool_regions_and_requests() {
     for line in [
         "pmvisor_pool_size_bytes 67108864",
         "pmvisor_regions 1",
-        "pmvisor_region_size_bytes{name=\"vm1\"} 8404992",
+        "pmvisor_region_size_bytes{name=\"vm1\"} 16384",
         "pmvisor_block_resident_blocks{region=\"vm1\"} 0",
         "pmvisor_block_mrr{region=\"vm1\"} 1.0",
         "pmvisor_block_writes_total{region=\"vm1\"} 0",
@@ -334,4 +334,182 @@ fn sigint_also_shuts_down_cleanly() {
     daemon.signal(Signal::INT);
     assert!(daemon.wait().success(), "{}", daemon.log_text());
     assert!(!sandbox.socket().exists());
+}
+
+/// A fake guest agent on a real Unix socket: says hello for `serial` and
+/// answers every grow notice with no hot ranges and every evict request
+/// with no victims.
+fn fake_agent(path: &std::path::Path, serial: &str) -> std::thread::JoinHandle<()> {
+    use pmvisor_agent::{read_frame, write_frame, Device, EvictAnswer, Hello, HotRanges, Message};
+    let path = path.to_path_buf();
+    let serial = serial.to_string();
+    std::thread::spawn(move || {
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let hello = Hello {
+            version: pmvisor_agent::PROTOCOL_VERSION,
+            agent: "fake-agent 1".into(),
+            devices: vec![Device { serial, size_bytes: 4 << 20 }],
+        };
+        write_frame(&mut stream, &Message::Hello(hello)).unwrap();
+        assert!(matches!(read_frame(&mut stream).unwrap(), Message::Welcome { .. }));
+        while let Ok(request) = read_frame(&mut stream) {
+            let reply = match request {
+                Message::GrowNotice(n) => {
+                    Message::HotRanges(HotRanges { id: n.id, serial: n.serial, ranges: vec![] })
+                }
+                Message::EvictRequest(r) => {
+                    Message::EvictAnswer(EvictAnswer { id: r.id, serial: r.serial, ranges: vec![] })
+                }
+                _ => continue,
+            };
+            if write_frame(&mut stream, &reply).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn wait_for_agent(socket: &std::path::Path, region: &str) -> Value {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (status, agent) = http(socket, "GET", &format!("/v1/regions/{region}/agent"), None);
+        assert_eq!(status, 200, "{agent}");
+        if agent["connected"] == true {
+            return agent;
+        }
+        assert!(std::time::Instant::now() < deadline, "the agent never connected: {agent}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_region_with_an_agent_asks_it_on_resize_shows_it_in_stats_and_qemu_args() {
+    let sandbox = Sandbox::new();
+    sandbox.create_pool();
+    let pool = sandbox.pool();
+    let mut daemon = sandbox.serve(&["--pool", pool.to_str().unwrap()]);
+    sandbox
+        .on_pool(&["region", "create", "d", "--size", "4M", "--resident", "1M", "--swap"])
+        .assert()
+        .success();
+    let agent_socket = sandbox.path("agents/d.sock");
+    let address = format!("unix:{}", agent_socket.display());
+    sandbox
+        .on_pool(&["region", "attach-agent", "d", &address, "--deadline", "1s"])
+        .assert()
+        .success()
+        .stdout(format!(
+            "Attached the agent of block region d at {address} (disk serial pmv-d, deadline 1000 \
+             ms).\n"
+        ));
+    sandbox
+        .on_pool(&["region", "attach-agent", "d", "tcp:1.2.3.4:5"])
+        .assert()
+        .code(1)
+        .stderr(contains("\"tcp:1.2.3.4:5\" is not an agent address (unknown scheme)"));
+    let _agent = fake_agent(&agent_socket, "pmv-d");
+    let agent = wait_for_agent(&sandbox.socket(), "d");
+    assert_eq!(
+        (agent["serial"].as_str(), agent["agent"].as_str()),
+        (Some("pmv-d"), Some("fake-agent 1"))
+    );
+
+    // A grow tells the agent; its (empty) answer comes back in the report.
+    sandbox
+        .on_pool(&["region", "resize", "d", "--resident", "2M"])
+        .assert()
+        .success()
+        .stdout(contains("Set the resident quota of block region d to "))
+        .stdout(contains("  agent: offered 0 of 256 blocks\n"))
+        .stdout(contains("(the agent's answer"));
+    let resized = stdout_json(&mut sandbox.on_pool(&["region", "resize", "d", "--resident", "3M"]));
+    let report = &resized["resize"];
+    assert_eq!(
+        (report["frames_before"].as_u64(), report["frames_after"].as_u64()),
+        (Some(512), Some(768))
+    );
+    assert_eq!(report["agent"]["request"], "grow");
+    assert_eq!(report["agent"]["failure"], Value::Null);
+    // Nothing resident to evict: the shrink needs no agent.
+    let shrunk = stdout_json(&mut sandbox.on_pool(&["region", "resize", "d", "--resident", "1M"]));
+    assert_eq!(shrunk["resize"]["host_chosen"], 0);
+
+    let stats = stdout_json(&mut sandbox.on_pool(&["region", "stats", "d"]));
+    assert_eq!(stats["agent"]["connected"], true);
+    assert_eq!(stats["agent"]["answers"], 2);
+    assert_eq!(stats["agent"]["deadline_ms"], 1000);
+    assert_eq!(stats["evictions_by_chooser"]["host"], 0);
+    sandbox
+        .on_pool(&["region", "stats", "d"])
+        .assert()
+        .success()
+        .stdout(contains("connected (fake-agent 1) at unix:"))
+        .stdout(contains("agent failures:  none"))
+        .stdout(contains("MRR:"));
+    let (_, metrics) = try_http(&sandbox.socket(), "GET", "/metrics", None).unwrap();
+    for line in [
+        "pmvisor_agent_connected{region=\"d\"} 1",
+        "pmvisor_agent_answer_seconds_count{region=\"d\"} 2",
+        "pmvisor_agent_failures_total{region=\"d\",reason=\"timeout\"} 0",
+        "pmvisor_block_evictions_by_chooser_total{region=\"d\",chooser=\"guest_keep\"} 0",
+        "pmvisor_agent_rejected_blocks_total{region=\"d\",reason=\"out_of_range\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in:\n{metrics}");
+    }
+
+    sandbox
+        .on_pool(&["region", "qemu-args", "d"])
+        .assert()
+        .code(1)
+        .stderr("error: block region d is not exported; export it over NBD first with `pmvisor export add d --nbd`\n");
+    sandbox.on_pool(&["export", "add", "d", "--nbd"]).assert().success();
+    let nbd = sandbox.path("nbd/d.sock");
+    sandbox.on_pool(&["region", "qemu-args", "d"]).assert().success().stdout(format!(
+        "-blockdev driver=nbd,node-name=pmv-d,server.type=unix,server.path={},export=d \\\n\
+         -device virtio-blk-pci,drive=pmv-d,serial=pmv-d,logical_block_size=4096,\
+         physical_block_size=4096,discard=on\n",
+        nbd.display()
+    ));
+    let serial_socket = sandbox.path("qemu-d.sock");
+    sandbox
+        .on_pool(&["region", "attach-agent", "d", &format!("serial:{}", serial_socket.display())])
+        .assert()
+        .success();
+    let args = stdout_json(&mut sandbox.on_pool(&["region", "qemu-args", "d"]));
+    let args: Vec<&str> =
+        args["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(
+        args[4..],
+        [
+            "-chardev",
+            &format!("socket,id=pmv-d-agent,path={},server=on,wait=off", serial_socket.display()),
+            "-device",
+            "virtio-serial-pci,id=pmv-d-vser",
+            "-device",
+            "virtserialport,bus=pmv-d-vser.0,chardev=pmv-d-agent,name=org.pmvisor.agent.0",
+        ]
+    );
+    assert!(!agent_socket.exists(), "the replaced link left its socket behind");
+
+    // The agent is recorded: a new daemon reaches for it again.
+    daemon.signal(Signal::TERM);
+    assert!(daemon.wait().success());
+    let _daemon = sandbox.serve(&["--pool", pool.to_str().unwrap()]);
+    let (status, agent) = http(&sandbox.socket(), "GET", "/v1/regions/d/agent", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (agent["serving"].as_bool(), agent["address"].as_str()),
+        (Some(true), Some(format!("serial:{}", serial_socket.display()).as_str()))
+    );
+    sandbox
+        .on_pool(&["region", "detach-agent", "d"])
+        .assert()
+        .success()
+        .stdout("Detached the agent of block region d.\n");
+    let (status, body) = http(&sandbox.socket(), "GET", "/v1/regions/d/agent", None);
+    assert_eq!(status, 404);
+    assert_eq!(
+        body["error"],
+        "region \"d\" has no agent; attach one with `pmvisor region attach-agent d serial:PATH`"
+    );
 }

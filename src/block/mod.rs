@@ -2,7 +2,10 @@
 //! resident quota of pool frames, and a swap tier for what does not fit.
 //!
 //! A block region's pool pages are its block map (see `map.rs`) followed by
-//! its frames; the number of frames is the resident quota. Each logical
+//! its frames. The resident quota bounds the frames; they are taken from
+//! the pool as blocks are written (a step at a time), so quotas may add up
+//! to more than the pool, and a region whose pool is full uses its own
+//! frames as if at its quota. Each logical
 //! 4 KiB block is unmapped (reads as zeros), resident in a frame, or swapped
 //! to a slot of the pool's swap tier. Writes to unmapped blocks take a free
 //! frame; when none is left the host evicts its coldest block (CLOCK) to
@@ -23,7 +26,7 @@ mod registry;
 mod resize;
 mod swap;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -42,6 +45,10 @@ use crate::pool::{Media, Pool, PoolError, RegionKind, RegionLayout, PAGE_SIZE};
 pub const ATTR_SIZE: &str = "block.size";
 /// Region attribute saying whether the region may use the swap tier.
 pub const ATTR_SWAP: &str = "block.swap";
+/// Region attribute holding the resident quota in bytes. The frames behind
+/// it are taken from the pool as blocks are written, so the quotas of all
+/// regions may add up to more than the pool (the balancer settles it).
+pub const ATTR_RESIDENT: &str = "block.resident";
 
 const NO_BLOCK: u64 = u64::MAX;
 const BLOCK: u64 = PAGE_SIZE;
@@ -60,6 +67,13 @@ pub enum BlockError {
          trim data first, or create the region with --swap"
     )]
     QuotaTooSmall { name: String, resident: u64, frames: u64 },
+    #[error(
+        "a resident quota of {quota_pages} pages for block region {name:?} (with its \
+         {map_pages}-page block map) is more than the whole pool's {data_pages} pages; give a \
+         smaller quota, or use a larger pool (quotas of several regions may add up to more \
+         than the pool, one alone may not)"
+    )]
+    QuotaBeyondPool { name: String, quota_pages: u64, map_pages: u64, data_pages: u64 },
     #[error("cannot open the swap tier at {}", path.display())]
     Swap {
         path: std::path::PathBuf,
@@ -92,6 +106,8 @@ pub struct BlockSpec {
 pub struct BlockStats {
     pub size: u64,
     pub resident_quota: u64,
+    /// Bytes of frames taken from the pool (at most the quota).
+    pub allocated: u64,
     pub resident_blocks: u64,
     pub swapped_blocks: u64,
     pub reads: u64,
@@ -114,12 +130,18 @@ struct Counters {
 #[derive(Debug)]
 struct State {
     layout: RegionLayout,
+    /// Frames taken from the pool.
     frames: u64,
+    /// Most frames the region may take.
+    quota: u64,
     map: Vec<u64>,
     owner: Vec<u64>,
     free: Vec<u64>,
     policy: Box<dyn VictimPolicy>,
-    dirty_frames: BTreeSet<u64>,
+    /// Frames written since the last flush. A hash set, not an ordered
+    /// one: random writes over a large region insert at memory speed, and
+    /// `persist_pages` sorts what a flush needs anyway.
+    dirty_frames: HashSet<u64>,
     dirty_map_pages: BTreeSet<u64>,
 }
 
@@ -135,6 +157,10 @@ pub struct BlockRegion {
     state: Mutex<State>,
     counters: Counters,
 }
+
+/// Fewest and most frames a region takes from the pool at once.
+const GROW_STEP_MIN: u64 = 256;
+const GROW_STEP_MAX: u64 = 16384;
 
 /// Most blocks one copy thread writes to swap in one go (1 MiB).
 const COPY_RUN: usize = 256;
@@ -162,8 +188,22 @@ fn in_parallel<T: Sync>(
             .chunks(items.len().div_ceil(threads))
             .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(copy)))
             .collect();
-        workers.into_iter().map(|w| w.join().expect("a copy thread panicked")).collect()
+        workers.into_iter().try_for_each(|w| w.join().expect("a copy thread panicked"))
     })
+}
+
+/// Refuse a quota that the whole pool could not hold beside the map.
+fn check_quota_fits(pool: &Pool, name: &str, quota: u64, map_pages: u64) -> Result<(), BlockError> {
+    let data_pages = pool.info().data_pages;
+    if quota.saturating_add(map_pages) > data_pages {
+        return Err(BlockError::QuotaBeyondPool {
+            name: name.to_string(),
+            quota_pages: quota,
+            map_pages,
+            data_pages,
+        });
+    }
+    Ok(())
 }
 
 fn io(source: std::io::Error) -> DeviceError {
@@ -171,8 +211,9 @@ fn io(source: std::io::Error) -> DeviceError {
 }
 
 impl BlockRegion {
-    /// Create a block region in `pool`: the map and `spec.resident` bytes
-    /// of frames are allocated now; every block starts unmapped.
+    /// Create a block region in `pool`: the map is allocated now, frames up
+    /// to `spec.resident` bytes as blocks are written; every block starts
+    /// unmapped.
     pub fn create(pool: &Pool, name: &str, spec: BlockSpec) -> Result<(), BlockError> {
         if spec.size == 0 || spec.size % BLOCK != 0 {
             return Err(BlockError::Invalid(format!(
@@ -180,11 +221,12 @@ impl BlockRegion {
                 spec.size
             )));
         }
-        let frames = spec.resident.div_ceil(BLOCK);
-        let pages = map::map_pages(spec.size / BLOCK) + frames;
+        let pages = map::map_pages(spec.size / BLOCK);
+        check_quota_fits(pool, name, spec.resident.div_ceil(BLOCK), pages)?;
         let attrs = BTreeMap::from([
             (ATTR_SIZE.to_string(), spec.size.to_string()),
             (ATTR_SWAP.to_string(), spec.swap.to_string()),
+            (ATTR_RESIDENT.to_string(), (spec.resident.div_ceil(BLOCK) * BLOCK).to_string()),
         ]);
         pool.create_region_with_attrs(name, RegionKind::Block, pages * PAGE_SIZE, attrs)?;
         Ok(())
@@ -220,6 +262,21 @@ impl BlockRegion {
         let frames = pages
             .checked_sub(map_pages)
             .ok_or_else(|| corrupt(format!("{pages} pages cannot hold a {map_pages}-page map")))?;
+        // Regions from before lazy frames have no quota attribute: their
+        // quota is what they hold.
+        let quota = match info.attrs.get(ATTR_RESIDENT) {
+            None => frames,
+            Some(v) => {
+                v.parse::<u64>().ok().filter(|q| q % BLOCK == 0).map(|q| q / BLOCK).ok_or_else(
+                    || {
+                        corrupt(format!(
+                        "its {ATTR_RESIDENT} attribute {v:?} is not a whole number of 4 KiB frames"
+                    ))
+                    },
+                )?
+            }
+        }
+        .max(frames);
         let layout = RegionLayout::new(&info.extents);
         let media = pool.media().clone();
 
@@ -282,11 +339,12 @@ impl BlockRegion {
             state: Mutex::new(State {
                 layout,
                 frames,
+                quota,
                 map,
                 owner,
                 free,
                 policy: Box::new(Clock::new(frames)),
-                dirty_frames: BTreeSet::new(),
+                dirty_frames: HashSet::new(),
                 dirty_map_pages: BTreeSet::new(),
             }),
             counters: Counters::default(),
@@ -313,7 +371,8 @@ impl BlockRegion {
             .count() as u64;
         BlockStats {
             size: self.size,
-            resident_quota: st.frames * BLOCK,
+            resident_quota: st.quota * BLOCK,
+            allocated: st.frames * BLOCK,
             resident_blocks: resident,
             swapped_blocks: swapped,
             reads: self.counters.reads.load(Ordering::Relaxed),
@@ -368,6 +427,21 @@ impl BlockRegion {
     fn take_frame(&self, st: &mut State) -> Result<u64, DeviceError> {
         if let Some(frame) = st.free.pop() {
             return Ok(frame);
+        }
+        if st.frames < st.quota {
+            // Below the quota: take more frames from the pool, a step at a
+            // time (one pool change per step, not per block).
+            // When the pool has less than a step left, one frame is enough.
+            let step = (st.frames / 8).clamp(GROW_STEP_MIN, GROW_STEP_MAX);
+            let want = (st.frames + step).min(st.quota);
+            let taken =
+                self.allocate_frames(st, want).or_else(|_| self.allocate_frames(st, st.frames + 1));
+            match taken {
+                Ok(()) => return Ok(st.free.pop().expect("new frames are free")),
+                // The pool is full (the balancer will make room): use the
+                // region's own frames, as at its quota.
+                Err(e) => tracing::debug!(region = %self.name, "cannot take frames: {e}"),
+            }
         }
         // Make room for the writes that follow too: one swap sync and one
         // map persist per batch instead of per block.
@@ -670,28 +744,38 @@ impl BlockRegion {
             DeviceError::Io(std::io::Error::other("a swapped block without a swap tier"))
         })?;
         // Never more at once than the quota can hold beside the others.
-        let batch = (st.frames as usize / 2).max(1);
-        let mut data = vec![0u8; BLOCK as usize];
+        let batch = (st.quota as usize / 2).max(1);
         for chunk in swapped.chunks(batch) {
-            let mut placed = Vec::with_capacity(chunk.len());
+            let mut placed: Vec<(u64, u64, Option<u64>)> = Vec::with_capacity(chunk.len());
             for &(block, slot) in chunk {
-                let frame = match self.take_frame(st) {
-                    Ok(f) => f,
+                match self.take_frame(st) {
+                    Ok(frame) => placed.push((block, frame, Some(slot))),
                     Err(e) => {
                         st.free.extend(placed.iter().map(|&(_, f, _)| f));
                         return Err(e);
                     }
-                };
-                let read = tier
-                    .store
-                    .read_slot(slot, &mut data)
-                    .and_then(|()| self.media.write(self.frame_offset(st, frame), &data));
-                if let Err(e) = read {
-                    st.free.push(frame);
-                    st.free.extend(placed.iter().map(|&(_, f, _)| f));
-                    return Err(io(e));
                 }
-                placed.push((block, frame, Some(slot)));
+            }
+            // Runs of consecutive slots, read straight into their frames.
+            placed.sort_unstable_by_key(|p| p.2);
+            let mut runs: Vec<(u64, Vec<u64>)> = Vec::new();
+            for &(_, frame, slot) in &placed {
+                let (slot, offset) = (slot.expect("a swapped block"), self.frame_offset(st, frame));
+                match runs.last_mut() {
+                    Some((first, run))
+                        if slot == *first + run.len() as u64 && run.len() < COPY_RUN =>
+                    {
+                        run.push(offset)
+                    }
+                    _ => runs.push((slot, vec![offset])),
+                }
+            }
+            let read = in_parallel(&runs, placed.len(), |(first, run)| {
+                tier.store.read_slots_into(*first, &*self.media, run)
+            });
+            if let Err(e) = read {
+                st.free.extend(placed.iter().map(|&(_, f, _)| f));
+                return Err(io(e));
             }
             self.commit_placements(st, &placed, true)?;
             self.counters.faults.fetch_add(placed.len() as u64, Ordering::Relaxed);

@@ -18,9 +18,11 @@
 //! before an entry names it, and a frame or slot is reused only after the
 //! entry that left it is durable.
 //!
-//! A grow raises the quota and may bring back swapped blocks the guest
-//! hinted hot, as far as the new free frames allow (never evicting to do
-//! it).
+//! A grow only raises the quota: frames are taken from the pool as blocks
+//! need them, so a grow costs one pool change whatever its size. It may
+//! bring back swapped blocks the guest hinted hot, as far as the new quota
+//! and the pool allow (never evicting to do it). A shrink lowers the quota
+//! and gives back the frames past it in one atomic pool change.
 
 use std::time::{Duration, Instant};
 
@@ -28,9 +30,10 @@ use pmvisor_blk::DeviceError;
 use serde::Serialize;
 
 use super::{
-    in_parallel, io, BlockError, BlockRegion, BlockState, State, BLOCK, COPY_RUN, NO_BLOCK,
+    in_parallel, io, BlockError, BlockRegion, BlockState, State, ATTR_RESIDENT, BLOCK, COPY_RUN,
+    NO_BLOCK,
 };
-use crate::pool::{RegionLayout, PAGE_SIZE};
+use crate::pool::{PoolError, RegionLayout, PAGE_SIZE};
 
 /// What to do with a block the guest gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,7 +107,7 @@ impl BlockRegion {
     /// Resident blocks now, and the quota, in frames.
     pub fn resident_frames(&self) -> (u64, u64) {
         let st = self.lock();
-        (st.frames - st.free.len() as u64, st.frames)
+        (st.frames - st.free.len() as u64, st.quota)
     }
 
     /// Set the resident quota to `resident` bytes (whole frames). A shrink
@@ -118,26 +121,41 @@ impl BlockRegion {
     ) -> Result<ResizeReport, BlockError> {
         let started = Instant::now();
         let device = |source| BlockError::Device { name: self.name.clone(), source };
-        let new_frames = resident.div_ceil(BLOCK);
+        let new_quota = resident.div_ceil(BLOCK);
         let mut st = self.lock();
-        let mut report = ResizeReport {
-            frames_before: st.frames,
-            frames_after: new_frames,
-            ..Default::default()
-        };
-        if new_frames >= st.frames {
-            self.grow_locked(&mut st, new_frames)?;
+        let mut report =
+            ResizeReport { frames_before: st.quota, frames_after: new_quota, ..Default::default() };
+        if new_quota >= st.quota {
+            super::check_quota_fits(&self.pool, &self.name, new_quota, self.map_pages)?;
+            self.set_quota(&mut st, new_quota)?;
             report.brought_back = self.bring_back(&mut st, hot).map_err(device)?;
+        } else if new_quota >= st.frames {
+            // The region holds no more frames than the new quota: only
+            // the limit changes.
+            self.set_quota(&mut st, new_quota)?;
         } else {
-            self.shrink_locked(&mut st, new_frames, victims, &mut report)?;
+            self.shrink_locked(&mut st, new_quota, victims, &mut report)?;
         }
         report.elapsed = started.elapsed();
         Ok(report)
     }
 
-    fn grow_locked(&self, st: &mut State, new_frames: u64) -> Result<(), BlockError> {
+    /// Record a new quota (frames are taken from the pool as needed).
+    fn set_quota(&self, st: &mut State, quota: u64) -> Result<(), BlockError> {
+        if quota != st.quota {
+            let bytes = (quota * BLOCK).to_string();
+            self.pool.set_region_attr(&self.name, ATTR_RESIDENT, Some(&bytes))?;
+            st.quota = quota;
+        }
+        Ok(())
+    }
+
+    /// Take frames from the pool until the region holds `new_frames` (at
+    /// most its quota); they start free.
+    pub(super) fn allocate_frames(&self, st: &mut State, new_frames: u64) -> Result<(), PoolError> {
         let old_frames = st.frames;
-        if new_frames == old_frames {
+        debug_assert!(new_frames <= st.quota);
+        if new_frames <= old_frames {
             return Ok(());
         }
         let info =
@@ -150,10 +168,12 @@ impl BlockRegion {
         Ok(())
     }
 
-    /// Faults in the swapped blocks of `hot`, at most as many as free frames.
+    /// Faults in the swapped blocks of `hot`, at most as many as the quota
+    /// has room for without evicting (frames are taken from the pool as
+    /// far as it has them).
     fn bring_back(&self, st: &mut State, hot: &[(u64, u64)]) -> Result<u64, DeviceError> {
         let blocks = self.size / BLOCK;
-        let room = st.free.len();
+        let room = st.free.len() + (st.quota - st.frames) as usize;
         let mut wanted = Vec::new();
         'runs: for &(start, count) in hot {
             let end = start.saturating_add(count).min(blocks);
@@ -169,6 +189,13 @@ impl BlockRegion {
         }
         wanted.sort_unstable();
         wanted.dedup();
+        let short = wanted.len().saturating_sub(st.free.len()) as u64;
+        if short > 0 {
+            if let Err(e) = self.allocate_frames(st, st.frames + short) {
+                tracing::debug!(region = %self.name, "bringing back fewer hot blocks: {e}");
+                wanted.truncate(st.free.len());
+            }
+        }
         let count = wanted.len() as u64;
         self.fault_in_blocks(st, &wanted)?;
         Ok(count)
@@ -210,8 +237,13 @@ impl BlockRegion {
         }
         report.compacted = self.compact(st, new_frames).map_err(device)?;
         self.flush_locked(st).map_err(device)?;
-        let info =
-            self.pool.resize_region(&self.name, (self.map_pages + new_frames) * PAGE_SIZE)?;
+        let quota = (new_frames * BLOCK).to_string();
+        let info = self.pool.resize_region_with_attr(
+            &self.name,
+            (self.map_pages + new_frames) * PAGE_SIZE,
+            Some((ATTR_RESIDENT, Some(&quota))),
+        )?;
+        st.quota = new_frames;
         st.layout = RegionLayout::new(&info.extents);
         st.owner.truncate(new_frames as usize);
         st.free = (0..new_frames).rev().filter(|&f| st.owner[f as usize] == NO_BLOCK).collect();

@@ -38,6 +38,17 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
     }
     /// Read one 4 KiB block from `slot`.
     fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Read slots `first..`, in order, into the blocks at byte `offsets`
+    /// of `media` (not yet durable there). A file tier reads them straight
+    /// into the medium.
+    fn read_slots_into(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
+        let mut block = vec![0u8; PAGE_SIZE as usize];
+        for (i, &offset) in offsets.iter().enumerate() {
+            self.read_slot(first + i as u64, &mut block)?;
+            media.write(offset, &block)?;
+        }
+        Ok(())
+    }
     /// Make every slot written so far durable.
     fn sync(&self) -> io::Result<()>;
     /// `slot` is free; the store may give its space back.
@@ -78,15 +89,11 @@ impl SwapStore for FileSwap {
     }
 
     fn write_slots_from(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
-        // Blocks next to each other in the medium go as one range.
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for &offset in offsets {
-            match ranges.last_mut() {
-                Some((start, len)) if *start + *len == offset => *len += PAGE_SIZE,
-                _ => ranges.push((offset, PAGE_SIZE)),
-            }
-        }
-        media.write_ranges_to(&ranges, &self.file, first * PAGE_SIZE)
+        media.write_ranges_to(&block_ranges(offsets), &self.file, first * PAGE_SIZE)
+    }
+
+    fn read_slots_into(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
+        media.read_ranges_from(&block_ranges(offsets), &self.file, first * PAGE_SIZE)
     }
 
     fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -113,6 +120,19 @@ impl SwapStore for FileSwap {
         let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
         let _ = rustix::fs::fallocate(&self.file, flags, slot * PAGE_SIZE, PAGE_SIZE);
     }
+}
+
+/// The blocks at byte `offsets` as `(offset, len)` ranges, neighbours in
+/// the medium merged.
+fn block_ranges(offsets: &[u64]) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for &offset in offsets {
+        match ranges.last_mut() {
+            Some((start, len)) if *start + *len == offset => *len += PAGE_SIZE,
+            _ => ranges.push((offset, PAGE_SIZE)),
+        }
+    }
+    ranges
 }
 
 /// Swap slots on a [`Media`] window (crash tests: the slots share the crash

@@ -414,3 +414,57 @@ fn a_shrink_the_guest_answers_short_is_completed_by_clock_and_a_grow_brings_hot_
     let report = disk.resize_resident(6 * BLOCK, &drop, &[]).unwrap();
     assert_eq!(report.guest_dropped, 2);
 }
+
+#[test]
+fn quotas_may_exceed_the_pool_frames_are_taken_as_written_and_a_shrink_makes_room() {
+    let image = fresh();
+    let (media, regions) = region(image, None);
+    // Two quotas of 1.5 MiB each in a 2 MiB pool.
+    let spec = BlockSpec { size: 512 * BLOCK, resident: 384 * BLOCK, swap: false };
+    regions.create("a", spec).unwrap();
+    regions.create("b", spec).unwrap();
+    let (a, b) = (regions.get("a").unwrap(), regions.get("b").unwrap());
+    assert_eq!((a.stats().allocated, a.stats().resident_quota), (0, 384 * BLOCK));
+    // A takes its whole quota, a step at a time.
+    for block in 0..384 {
+        a.write_at(block * BLOCK, &pattern(block, 1), false).unwrap();
+    }
+    assert_eq!(a.stats().allocated, 384 * BLOCK);
+    assert!(matches!(a.write_at(384 * BLOCK, &[1; 10], false), Err(DeviceError::NoSpace)));
+    // B gets what the pool has left, then (no swap) ENOSPC below its quota.
+    let mut written = 0;
+    while b.write_at(written * BLOCK, &pattern(written, 2), false).is_ok() {
+        written += 1;
+    }
+    assert!(written > 0 && written < 384, "B wrote {written} blocks");
+    assert_eq!(b.stats().allocated, written * BLOCK);
+    // Shrinking A (trimmed first: it has no swap) gives B room.
+    a.trim(256 * BLOCK, 128 * BLOCK).unwrap();
+    let report = a.resize_resident(256 * BLOCK, &[], &[]).unwrap();
+    assert_eq!((report.frames_after, a.stats().allocated), (256, 256 * BLOCK));
+    for block in written..written + 64 {
+        b.write_at(block * BLOCK, &pattern(block, 2), false).unwrap();
+    }
+    // A grow only raises the quota; quotas and data survive a reopen.
+    a.resize_resident(500 * BLOCK, &[], &[]).unwrap();
+    assert_eq!((a.stats().resident_quota, a.stats().allocated), (500 * BLOCK, 256 * BLOCK));
+    // One quota alone may not exceed the pool.
+    let beyond = a.resize_resident(1024 * BLOCK, &[], &[]).unwrap_err();
+    assert!(matches!(beyond, BlockError::QuotaBeyondPool { .. }), "{beyond}");
+    a.flush().unwrap();
+    b.flush().unwrap();
+    drop((a, b, regions));
+    let (_, regions) = region(media.durable_image(), None);
+    let (a, b) = (regions.get("a").unwrap(), regions.get("b").unwrap());
+    assert_eq!(a.stats().resident_quota, 500 * BLOCK);
+    assert_eq!(b.stats().resident_quota, 384 * BLOCK);
+    let mut buf = vec![0u8; BLOCK as usize];
+    for block in [0, 100, 255] {
+        a.read_at(block * BLOCK, &mut buf).unwrap();
+        assert_eq!(buf, pattern(block, 1));
+    }
+    for block in [0, written + 63] {
+        b.read_at(block * BLOCK, &mut buf).unwrap();
+        assert_eq!(buf, pattern(block, 2));
+    }
+}

@@ -129,6 +129,16 @@ impl DaemonClient {
         decode(self.send(Method::POST, path, Some(body))?)
     }
 
+    /// `PUT path` with a JSON body, decoding a JSON answer.
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_vec(body).context("cannot encode the request")?;
+        decode(self.send(Method::PUT, path, Some(body))?)
+    }
+
     /// `DELETE path`, expecting no body.
     pub fn delete(&self, path: &str) -> anyhow::Result<()> {
         let response = self.send(Method::DELETE, path, None)?;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::size::format_size;
 use crate::daemon::api::exports::ExportView;
 use crate::daemon::api::pool::{CheckView, PoolView};
-use crate::daemon::api::regions::{BlockStatsView, RegionView};
+use crate::daemon::api::regions::{BlockStatsView, RegionView, RejectedView, ResizeReportView};
 
 /// Print `value` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -109,10 +109,11 @@ pub fn regions_table(regions: &[RegionView]) -> Table {
 /// `region stats` for people.
 pub fn block_stats_table(name: &str, stats: &BlockStatsView) -> Table {
     let blocks = |n: u64| format!("{n} blocks ({})", format_size(n.saturating_mul(4096)));
-    key_value_table(vec![
+    let mut table = key_value_table(vec![
         ("region", name.to_string()),
         ("size", format_size(stats.size)),
         ("resident quota", format_size(stats.resident_quota)),
+        ("frames taken", format_size(stats.allocated)),
         ("resident", blocks(stats.resident_blocks)),
         ("swapped", blocks(stats.swapped_blocks)),
         ("MRR", format!("{:.3}", stats.mrr)),
@@ -121,7 +122,108 @@ pub fn block_stats_table(name: &str, stats: &BlockStatsView) -> Table {
         ("faults", stats.faults.to_string()),
         ("evictions", stats.evictions.to_string()),
         ("swap", if stats.swap { "on" } else { "off" }.to_string()),
-    ])
+    ]);
+    if let Some(by) = &stats.evictions_by_chooser {
+        table.add_row(vec![
+            "evicted by:".to_string(),
+            format!("guest {} kept + {} dropped, host {}", by.guest_keep, by.guest_drop, by.host),
+        ]);
+    }
+    if let Some(rejected) = stats.rejected.as_ref().and_then(rejected_text) {
+        table.add_row(vec!["rejected:".to_string(), rejected]);
+    }
+    if let Some(agent) = &stats.agent {
+        let link = &agent.link;
+        let state = match (&link.connected, &link.agent) {
+            (true, Some(version)) => format!("connected ({version})"),
+            (true, None) => "connected".to_string(),
+            (false, _) => "not connected".to_string(),
+        };
+        table.add_row(vec!["agent:".to_string(), format!("{} at {}", state, link.address)]);
+        table.add_row(vec!["agent serial:".to_string(), link.serial.clone()]);
+        let mut answers = format!(
+            "{} of {} requests ({} short, {} late)",
+            link.answers, link.requests, link.short_answers, link.late_answers
+        );
+        if let Some(mean) = agent.mean_answer_micros {
+            answers.push_str(&format!(", mean {}", micros(mean)));
+        }
+        answers.push_str(&format!(", deadline {} ms", agent.deadline_ms));
+        table.add_row(vec!["agent answers:".to_string(), answers]);
+        let failures: Vec<String> = link
+            .failures
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        let failures = if failures.is_empty() { "none".to_string() } else { failures.join(", ") };
+        table.add_row(vec!["agent failures:".to_string(), failures]);
+        if link.refused > 0 {
+            table.add_row(vec!["agents refused:".to_string(), link.refused.to_string()]);
+        }
+    }
+    table
+}
+
+/// Blocks of answers rejected, as `3 not resident, 2 surplus`, or `None`.
+fn rejected_text(r: &RejectedView) -> Option<String> {
+    let parts: Vec<String> = [
+        (r.out_of_range, "out of range"),
+        (r.duplicate, "duplicate"),
+        (r.not_resident, "not resident"),
+        (r.surplus, "surplus"),
+        (r.no_swap, "keep without swap"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// A time in microseconds for people: `850 us`, `4.2 ms`.
+fn micros(us: u64) -> String {
+    if us < 1000 {
+        format!("{us} us")
+    } else {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    }
+}
+
+/// What a resize did, for people: who chose how many blocks, what was
+/// rejected, how long the host and the agent took.
+pub fn resize_lines(report: &ResizeReportView) -> Vec<String> {
+    let mut lines = Vec::new();
+    let freed = report.guest_kept + report.guest_dropped + report.host_chosen;
+    if report.frames_after < report.frames_before || freed > 0 {
+        lines.push(format!(
+            "  freed {freed} blocks: guest kept {} (to swap), guest dropped {}, host chose {}",
+            report.guest_kept, report.guest_dropped, report.host_chosen
+        ));
+    }
+    if report.frames_after > report.frames_before || report.brought_back > 0 {
+        lines.push(format!("  brought back {} hot blocks from swap", report.brought_back));
+    }
+    if let Some(rejected) = rejected_text(&report.rejected) {
+        lines.push(format!("  rejected from the agent's answer: {rejected} blocks"));
+    }
+    match &report.agent {
+        Some(agent) => {
+            match (&agent.failure, &agent.detail) {
+                (Some(_), Some(detail)) => lines
+                    .push(format!("  agent: no usable answer ({detail}); the host chose instead")),
+                _ => lines
+                    .push(format!("  agent: offered {} of {} blocks", agent.offered, agent.asked)),
+            }
+            lines.push(format!(
+                "  took {} (the agent's answer {} more)",
+                micros(report.elapsed_micros),
+                micros(agent.answer_micros)
+            ));
+        }
+        None => lines.push(format!("  took {} (no agent asked)", micros(report.elapsed_micros))),
+    }
+    lines
 }
 
 /// `export list` for people.

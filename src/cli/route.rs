@@ -16,11 +16,13 @@ use anyhow::{anyhow, Context};
 use super::client::{export_path, region_path, DaemonClient};
 use super::size::format_size;
 use super::{PoolChoice, Settings};
+use crate::daemon::api::agents::{agent_record, AgentView, AttachAgentRequest};
 use crate::daemon::api::exports::{AddExportRequest, ExportView};
 use crate::daemon::api::health::HealthView;
 use crate::daemon::api::pool::{CheckView, PoolView};
 use crate::daemon::api::regions::{
     BlockStatsView, CreateRegionRequest, RegionView, RenameRegionRequest, ResizeRegionRequest,
+    ResizedView,
 };
 use crate::daemon::api::ApiError;
 use crate::daemon::exports::ExportError;
@@ -113,7 +115,7 @@ impl Route {
         &self,
         name: &str,
         request: &ResizeRegionRequest,
-    ) -> anyhow::Result<RegionView> {
+    ) -> anyhow::Result<ResizedView> {
         match self {
             Route::Daemon { client, .. } => {
                 client.post(&region_path(name, Some("resize")), request)
@@ -127,6 +129,35 @@ impl Route {
         match self {
             Route::Daemon { client, .. } => client.delete(&region_path(name, None)),
             Route::Direct(regions) => regions.delete(name).map_err(said),
+        }
+    }
+
+    /// Attach a guest agent to a block region. Without a daemon the agent
+    /// is only recorded: the daemon reaches it when it starts.
+    pub fn attach_agent(
+        &self,
+        name: &str,
+        request: &AttachAgentRequest,
+    ) -> anyhow::Result<AgentView> {
+        match self {
+            Route::Daemon { client, .. } => client.put(&region_path(name, Some("agent")), request),
+            Route::Direct(regions) => {
+                regions.block(name).map_err(said)?;
+                let record = agent_record(name, request).map_err(said)?;
+                regions.record_agent(name, Some(&record)).map_err(said)?;
+                Ok(AgentView::recorded(name, &record))
+            }
+        }
+    }
+
+    /// Detach a block region's agent (and forget its record).
+    pub fn detach_agent(&self, name: &str) -> anyhow::Result<()> {
+        match self {
+            Route::Daemon { client, .. } => client.delete(&region_path(name, Some("agent"))),
+            Route::Direct(regions) => {
+                regions.recorded_agent(name).map_err(said)?;
+                regions.record_agent(name, None).map_err(said)
+            }
         }
     }
 

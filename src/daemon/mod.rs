@@ -15,6 +15,7 @@
 //! close the gate, drop the pool, remove the socket file (only if it is
 //! still the one we bound).
 
+pub mod agents;
 pub mod api;
 pub mod exports;
 pub mod gated;
@@ -32,6 +33,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use pmvisor_blk::BlockDevice;
 
+use self::agents::Agents;
 use self::api::health::HealthView;
 use self::api::metrics::Metrics;
 use self::api::ApiState;
@@ -96,6 +98,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
             Regions::serving(pool, Arc::new(blocks)).with_mounts(Arc::clone(&mounts)),
         ),
         exports: Exports::new(),
+        agents: Agents::new(),
         mounts,
         nbd_dir,
         changes: tokio::sync::Mutex::new(()),
@@ -105,6 +108,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
         socket: socket.clone(),
     });
     restore_exports(&state).await;
+    restore_agents(&state).await;
     restore_mounts(&state).await;
     let app = api::router(Arc::clone(&state));
     tracing::info!(
@@ -126,6 +130,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
         .context("the control API stopped")?;
 
     state.exports.stop_all().await;
+    state.agents.stop_all();
     let regions = Arc::clone(&state.regions);
     let flushed = tokio::task::spawn_blocking(move || flush_block_regions(&regions)).await;
     if let Err(err) = flushed {
@@ -168,6 +173,26 @@ async fn restore_exports(state: &api::SharedState) {
             Ok(served) => tracing::info!(region = %name, "serving export again ({})", served.kind),
             Err(err) => {
                 tracing::warn!(region = %name, "cannot serve the export again: {}", api::sentence(&err))
+            }
+        }
+    }
+}
+
+/// Reach again every agent recorded in the pool. One whose link cannot
+/// start (its address is taken) is logged and stays recorded.
+async fn restore_agents(state: &api::SharedState) {
+    for (name, size, record) in state.regions.recorded_agents() {
+        let record = match record {
+            Ok(record) => record,
+            Err(problem) => {
+                tracing::warn!(region = %name, "not reaching the agent of a damaged record: {problem}");
+                continue;
+            }
+        };
+        match state.agents.start(&name, size, &record).await {
+            Ok(_) => tracing::info!(region = %name, "waiting for the agent at {}", record.addr),
+            Err(err) => {
+                tracing::warn!(region = %name, "cannot reach the agent again: {}", api::sentence(&err))
             }
         }
     }

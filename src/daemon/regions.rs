@@ -17,7 +17,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::http::StatusCode;
 
-use super::api::regions::{BlockStatsView, CreateRegionRequest, RegionView, ResizeRegionRequest};
+use super::agents::{AgentRecord, ATTR_AGENT, ATTR_AGENT_DEADLINE, ATTR_AGENT_SERIAL};
+use super::api::regions::{
+    BlockStatsView, BlockView, CreateRegionRequest, RegionView, ResizeRegionRequest,
+    ResizeReportView, ResizedView,
+};
 use super::api::ApiError;
 use super::exports::{ExportKind, ATTR_NBD, ATTR_UBLK};
 use crate::block::{BlockRegion, BlockRegions, BlockSpec};
@@ -32,6 +36,15 @@ enum BlockAccess {
     Open(Arc<BlockRegions>),
     /// Opened with the swap tier at `swap` when first needed.
     OnDemand { swap: PathBuf, opened: Mutex<Option<Arc<BlockRegions>>> },
+}
+
+/// What a resize will change.
+#[derive(Debug)]
+pub enum ResizePlan {
+    /// A block region's resident quota, in bytes (whole pages).
+    Block { region: Arc<BlockRegion>, resident: u64 },
+    /// Another region's size, in bytes.
+    Size(u64),
 }
 
 /// The regions of one open pool.
@@ -155,27 +168,33 @@ impl Regions {
         self.show(new_name)
     }
 
-    /// Resize: `size` for fs and memory regions, `resident` (the quota) for
-    /// block regions, whose virtual size is fixed.
-    pub fn resize(
+    /// Check a resize and say what it will do: change a block region's
+    /// resident quota (whose virtual size is fixed) or another region's size.
+    pub fn plan_resize(
         &self,
         name: &str,
         request: &ResizeRegionRequest,
-    ) -> Result<RegionView, ApiError> {
+    ) -> Result<ResizePlan, ApiError> {
         let info = self.pool.region(name)?;
         self.refuse_if_mounted(&info, "resized")?;
         let view = RegionView::from(info.clone());
+        if request.deadline_ms.is_some() && view.block.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "an agent deadline is for block regions only; leave it out for the {} region \
+                 {name:?}",
+                info.kind.name()
+            )));
+        }
         match (request.size, request.resident, view.block) {
             (Some(_), _, Some(block)) => Err(ApiError::bad_request(format!(
                 "block region {name:?} has a fixed virtual size of {}; change its resident quota \
                  with `pmvisor region resize {name} --resident SIZE`",
                 format_size(block.size)
             ))),
-            (Some(size), _, None) => Ok(self.pool.resize_region(name, size)?.into()),
+            (Some(size), _, None) => Ok(ResizePlan::Size(size)),
             (None, Some(resident), Some(block)) => {
                 let resident = check_quota(name, resident, block.size)?;
-                self.block_region(&info)?.set_resident_quota(resident)?;
-                self.show(name)
+                Ok(ResizePlan::Block { region: self.block_region(&info)?, resident })
             }
             (None, Some(_), None) => Err(ApiError::bad_request(format!(
                 "region {name:?} is a {} region, which has no resident quota; resize it with \
@@ -187,6 +206,89 @@ impl Regions {
                  regions)",
             )),
         }
+    }
+
+    /// Resize: `size` for fs and memory regions, `resident` (the quota) for
+    /// block regions, whose virtual size is fixed. Without a daemon there
+    /// is no agent: the host chooses every victim.
+    pub fn resize(
+        &self,
+        name: &str,
+        request: &ResizeRegionRequest,
+    ) -> Result<ResizedView, ApiError> {
+        match self.plan_resize(name, request)? {
+            ResizePlan::Size(size) => Ok(ResizedView {
+                region: self.pool.resize_region(name, size)?.into(),
+                resize: None,
+            }),
+            ResizePlan::Block { region, resident } => {
+                let report = region.resize_resident(resident, &[], &[])?;
+                Ok(ResizedView {
+                    region: self.show(name)?,
+                    resize: Some(ResizeReportView::new(&report, None)),
+                })
+            }
+        }
+    }
+
+    /// Record region `name`'s agent in its attributes (replacing any), or
+    /// remove the record with `None`.
+    pub fn record_agent(&self, name: &str, agent: Option<&AgentRecord>) -> Result<(), ApiError> {
+        let info = self.pool.region(name)?;
+        if info.kind != RegionKind::Block {
+            return Err(ApiError::bad_request(format!(
+                "region {name:?} is a {} region; only block regions have agents",
+                info.kind.name()
+            )));
+        }
+        match agent {
+            Some(record) => {
+                for (key, value) in record.attrs() {
+                    self.pool.set_region_attr(name, key, Some(&value))?;
+                }
+            }
+            None => {
+                for key in [ATTR_AGENT, ATTR_AGENT_SERIAL, ATTR_AGENT_DEADLINE] {
+                    if info.attrs.contains_key(key) {
+                        self.pool.set_region_attr(name, key, None)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Region `name`'s recorded agent; a 404 when it has none.
+    pub fn recorded_agent(&self, name: &str) -> Result<AgentRecord, ApiError> {
+        let info = self.pool.region(name)?;
+        match AgentRecord::from_attrs(name, &info.attrs) {
+            Some(Ok(record)) => Ok(record),
+            Some(Err(problem)) => Err(ApiError::internal(format!(
+                "the agent record of region {name:?} is damaged ({problem}); attach the agent \
+                 again with `pmvisor region attach-agent {name} ADDRESS`"
+            ))),
+            None => Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!(
+                    "region {name:?} has no agent; attach one with `pmvisor region attach-agent \
+                     {name} serial:PATH`"
+                ),
+            }),
+        }
+    }
+
+    /// Every agent recorded in the pool, by region name (`Err` for a
+    /// damaged record), with the region's virtual size.
+    pub fn recorded_agents(&self) -> Vec<(String, u64, Result<AgentRecord, String>)> {
+        self.pool
+            .regions()
+            .into_iter()
+            .filter_map(|info| {
+                let record = AgentRecord::from_attrs(&info.name, &info.attrs)?;
+                let size = BlockView::from_info(&info).map_or(0, |b| b.size);
+                Some((info.name.clone(), size, record))
+            })
+            .collect()
     }
 
     /// Delete a region that is not exported; a block region's swap slots
@@ -326,9 +428,15 @@ mod tests {
         let stats = regions.stats("d").unwrap();
         assert_eq!(stats.resident_quota, shape.resident_quota, "attrs and the open region agree");
         let resized = regions
-            .resize("d", &ResizeRegionRequest { size: None, resident: Some(2 << 20) })
+            .resize(
+                "d",
+                &ResizeRegionRequest { size: None, resident: Some(2 << 20), deadline_ms: None },
+            )
             .unwrap();
-        assert_eq!(resized.block.unwrap().resident_quota, 2 << 20);
+        assert_eq!(resized.region.block.unwrap().resident_quota, 2 << 20);
+        let report = resized.resize.unwrap();
+        assert_eq!((report.frames_before, report.frames_after), (256, 512));
+        assert!(report.agent.is_none());
     }
 
     #[test]
@@ -344,7 +452,10 @@ mod tests {
         let err = regions.create(&block("d", 1 << 20, Some(0))).unwrap_err();
         assert!(err.message.contains("must be at least 4 KiB"), "{}", err.message);
         regions.create(&block("d", 1 << 20, None)).unwrap();
-        let err = regions.resize("d", &ResizeRegionRequest { size: Some(2 << 20), resident: None });
+        let err = regions.resize(
+            "d",
+            &ResizeRegionRequest { size: Some(2 << 20), resident: None, deadline_ms: None },
+        );
         assert!(err
             .unwrap_err()
             .message

@@ -126,6 +126,30 @@ pub trait Media: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
+
+    /// Fill the byte ranges `(offset, len)` of the medium, one after the
+    /// other, from `file` at byte `at` (bytes past the end of the file
+    /// read as zeros); not yet durable. A mapped medium lets the kernel
+    /// copy straight into its memory (`preadv`).
+    fn read_ranges_from(&self, ranges: &[(u64, u64)], file: &File, at: u64) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut at = at;
+        for &(offset, len) in ranges {
+            check_bounds(self.len(), offset, len)?;
+            buf.resize(len as usize, 0);
+            let mut done = 0;
+            while done < buf.len() {
+                match file.read_at(&mut buf[done..], at + done as u64)? {
+                    0 => break,
+                    n => done += n,
+                }
+            }
+            buf[done..].fill(0);
+            self.write(offset, &buf)?;
+            at += len;
+        }
+        Ok(())
+    }
 }
 
 /// Largest piece [`Media::copy`] moves through a buffer at once.

@@ -564,6 +564,18 @@ impl Pool {
     /// pages). Growth reads as zeros; shrinking drops pages from the end.
     /// A memory region grows only in place.
     pub fn resize_region(&self, name: &str, size: u64) -> Result<RegionInfo> {
+        self.resize_region_with_attr(name, size, None)
+    }
+
+    /// [`Pool::resize_region`] that also sets (`Some((key, Some(value)))`)
+    /// or removes (`Some((key, None))`) one attribute in the same atomic
+    /// change: after a crash both happened or neither.
+    pub fn resize_region_with_attr(
+        &self,
+        name: &str,
+        size: u64,
+        attr: Option<(&str, Option<&str>)>,
+    ) -> Result<RegionInfo> {
         let pages = Self::pages_for(size)?;
         let mut st = self.writable_state()?;
         let mut entry = st
@@ -572,7 +584,13 @@ impl Pool {
             .cloned()
             .ok_or_else(|| PoolError::RegionNotFound { name: name.to_string() })?;
         let current = entry.pages();
+        if let Some((key, value)) = attr {
+            apply_attr(&mut entry, key, value)?;
+        }
         if pages == current {
+            if attr.is_some() {
+                self.commit(&mut st, Change::Put(entry.clone()))?;
+            }
             return Ok(RegionInfo::from_entry(&entry));
         }
         if pages < current {
@@ -613,25 +631,13 @@ impl Pool {
     /// Set (`Some`) or remove (`None`) a small persistent attribute of a
     /// region (at most 4 KiB of attributes per region).
     pub fn set_region_attr(&self, name: &str, key: &str, value: Option<&str>) -> Result<()> {
-        let invalid = |reason| PoolError::InvalidAttribute {
-            name: name.to_string(),
-            key: key.to_string(),
-            reason,
-        };
-        validate_attr_key(key).map_err(invalid)?;
         let mut st = self.writable_state()?;
         let mut entry = st
             .catalog
             .by_name(name)
             .cloned()
             .ok_or_else(|| PoolError::RegionNotFound { name: name.to_string() })?;
-        match value {
-            Some(v) => entry.attrs.insert(key.to_string(), v.to_string()),
-            None => entry.attrs.remove(key),
-        };
-        if serde_json::to_string(&entry.attrs).map_or(usize::MAX, |s| s.len()) > MAX_ATTR_BYTES {
-            return Err(invalid("the region's attributes would exceed 4 KiB"));
-        }
+        apply_attr(&mut entry, key, value)?;
         self.commit(&mut st, Change::Put(entry))
     }
 
@@ -652,4 +658,25 @@ impl Pool {
         }
         Ok(report)
     }
+}
+
+/// Set (`Some`) or remove (`None`) attribute `key` of `entry`, checking
+/// the key and the 4 KiB bound of a region's attributes.
+fn apply_attr(entry: &mut RegionEntry, key: &str, value: Option<&str>) -> Result<()> {
+    let invalid = |reason| PoolError::InvalidAttribute {
+        name: entry.name.clone(),
+        key: key.to_string(),
+        reason,
+    };
+    validate_attr_key(key).map_err(invalid)?;
+    let mut attrs = entry.attrs.clone();
+    match value {
+        Some(v) => attrs.insert(key.to_string(), v.to_string()),
+        None => attrs.remove(key),
+    };
+    if serde_json::to_string(&attrs).map_or(usize::MAX, |s| s.len()) > MAX_ATTR_BYTES {
+        return Err(invalid("the region's attributes would exceed 4 KiB"));
+    }
+    entry.attrs = attrs;
+    Ok(())
 }

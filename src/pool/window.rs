@@ -24,6 +24,18 @@ impl MediaWindow {
     }
 }
 
+impl MediaWindow {
+    /// `ranges` of this window as ranges of the inner medium.
+    fn inner_ranges(&self, ranges: &[(u64, u64)]) -> io::Result<Vec<(u64, u64)>> {
+        ranges
+            .iter()
+            .map(|&(offset, len)| {
+                check_bounds(self.len, offset, len).map(|()| (self.base + offset, len))
+            })
+            .collect()
+    }
+}
+
 impl Media for MediaWindow {
     fn len(&self) -> u64 {
         self.len
@@ -69,11 +81,10 @@ impl Media for MediaWindow {
     }
 
     fn write_ranges_to(&self, ranges: &[(u64, u64)], file: &File, at: u64) -> io::Result<()> {
-        let mut inner = Vec::with_capacity(ranges.len());
-        for &(offset, len) in ranges {
-            check_bounds(self.len, offset, len)?;
-            inner.push((self.base + offset, len));
-        }
-        self.inner.write_ranges_to(&inner, file, at)
+        self.inner.write_ranges_to(&self.inner_ranges(ranges)?, file, at)
+    }
+
+    fn read_ranges_from(&self, ranges: &[(u64, u64)], file: &File, at: u64) -> io::Result<()> {
+        self.inner.read_ranges_from(&self.inner_ranges(ranges)?, file, at)
     }
 }

@@ -12,12 +12,16 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::{read_regions, ApiError, SharedState};
+use crate::agent::LatencySnapshot;
+use crate::daemon::agents::Agents;
 use crate::daemon::regions::Regions;
 use crate::gate::Gate;
 
@@ -41,6 +45,11 @@ pub struct Metrics {
     block_writes: Family<Labels, Counter>,
     block_faults: Family<Labels, Counter>,
     block_evictions: Family<Labels, Counter>,
+    block_evictions_by: Family<Labels, Counter>,
+    agent_connected: Family<Labels, Gauge>,
+    agent_answer_seconds: Family<Labels, AnswerTimes>,
+    agent_failures: Family<Labels, Counter>,
+    agent_rejected_blocks: Family<Labels, Counter>,
     requests: Family<Labels, Counter>,
     gate_in_flight: Gauge,
     /// Serializes scrapes so one cannot clear the region gauges while
@@ -72,6 +81,11 @@ impl Metrics {
             block_writes: Family::default(),
             block_faults: Family::default(),
             block_evictions: Family::default(),
+            block_evictions_by: Family::default(),
+            agent_connected: Family::default(),
+            agent_answer_seconds: Family::default(),
+            agent_failures: Family::default(),
+            agent_rejected_blocks: Family::default(),
             requests: Family::default(),
             gate_in_flight: Gauge::default(),
             scrape: Mutex::new(()),
@@ -129,6 +143,32 @@ impl Metrics {
             metrics.block_evictions.clone(),
         );
         registry.register(
+            "pmvisor_block_evictions_by_chooser",
+            "Blocks that left the pool since the daemon started, by who chose them: guest_keep \
+             (to swap), guest_drop (unmapped), host (CLOCK)",
+            metrics.block_evictions_by.clone(),
+        );
+        registry.register(
+            "pmvisor_agent_connected",
+            "Whether the block region's guest agent is connected (1) or not (0)",
+            metrics.agent_connected.clone(),
+        );
+        registry.register(
+            "pmvisor_agent_answer_seconds",
+            "Time the guest agent took to answer evict requests and grow notices",
+            metrics.agent_answer_seconds.clone(),
+        );
+        registry.register(
+            "pmvisor_agent_failures",
+            "Agent requests that got no usable answer, by reason (the host chose instead)",
+            metrics.agent_failures.clone(),
+        );
+        registry.register(
+            "pmvisor_agent_rejected_blocks",
+            "Blocks of agent answers the host did not use, by reason",
+            metrics.agent_rejected_blocks.clone(),
+        );
+        registry.register(
             "pmvisor_api_requests",
             "Control API requests by method, route and status",
             metrics.requests.clone(),
@@ -152,7 +192,7 @@ impl Metrics {
     }
 
     /// Read the pool, its block regions and the gate and encode every metric.
-    pub fn render(&self, regions: &Regions, gate: &Gate) -> String {
+    pub fn render(&self, regions: &Regions, gate: &Gate, agents: &Agents) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let pool = regions.pool();
         let info = pool.info();
@@ -165,7 +205,7 @@ impl Metrics {
             let labels = vec![("name".to_string(), region.name)];
             self.region_size.get_or_create(&labels).set(saturating_i64(region.size));
         }
-        self.render_blocks(regions);
+        self.render_blocks(regions, agents);
         self.gate_in_flight.set(saturating_i64(gate.in_flight() as u64));
         let mut text = String::new();
         // Writing into a String cannot fail.
@@ -177,7 +217,7 @@ impl Metrics {
 impl Metrics {
     /// Per block region figures. Counters are set by clearing the family
     /// and counting each up from zero to the region's own counter.
-    fn render_blocks(&self, regions: &Regions) {
+    fn render_blocks(&self, regions: &Regions, agents: &Agents) {
         self.block_resident.clear();
         self.block_swapped.clear();
         self.block_mrr.clear();
@@ -185,11 +225,17 @@ impl Metrics {
             family.clear();
         }
         self.block_evictions.clear();
+        for family in [&self.block_evictions_by, &self.agent_failures, &self.agent_rejected_blocks]
+        {
+            family.clear();
+        }
+        self.agent_connected.clear();
+        self.agent_answer_seconds.clear();
         let Ok(blocks) = regions.blocks() else { return };
         for name in blocks.names() {
             let Some(region) = blocks.get(&name) else { continue };
             let stats = region.stats();
-            let labels = vec![("region".to_string(), name)];
+            let labels = vec![("region".to_string(), name.clone())];
             self.block_resident.get_or_create(&labels).set(saturating_i64(stats.resident_blocks));
             self.block_swapped.get_or_create(&labels).set(saturating_i64(stats.swapped_blocks));
             self.block_mrr.get_or_create(&labels).set(stats.mrr);
@@ -197,7 +243,68 @@ impl Metrics {
             self.block_writes.get_or_create(&labels).inc_by(stats.writes);
             self.block_faults.get_or_create(&labels).inc_by(stats.faults);
             self.block_evictions.get_or_create(&labels).inc_by(stats.evictions);
+            let totals = agents.totals(&name);
+            let by = [
+                ("guest_keep", totals.guest_kept),
+                ("guest_drop", totals.guest_dropped),
+                ("host", stats.evictions.saturating_sub(totals.guest_kept)),
+            ];
+            for (chooser, n) in by {
+                self.block_evictions_by.get_or_create(&with(&labels, "chooser", chooser)).inc_by(n);
+            }
+            let r = &totals.rejected;
+            let rejected = [
+                ("out_of_range", r.out_of_range),
+                ("duplicate", r.duplicate),
+                ("not_resident", r.not_resident),
+                ("surplus", r.surplus),
+                ("no_swap", r.no_swap),
+            ];
+            for (reason, n) in rejected {
+                self.agent_rejected_blocks
+                    .get_or_create(&with(&labels, "reason", reason))
+                    .inc_by(n);
+            }
+            let Some(agent) = agents.get(&name) else { continue };
+            let link = agent.link.stats();
+            self.agent_connected.get_or_create(&labels).set(i64::from(link.connected));
+            for (reason, n) in &link.failures {
+                self.agent_failures.get_or_create(&with(&labels, "reason", reason)).inc_by(*n);
+            }
+            self.agent_answer_seconds.get_or_create(&labels).set(agent.link.latency());
         }
+    }
+}
+
+fn with(labels: &Labels, key: &str, value: &str) -> Labels {
+    let mut labels = labels.clone();
+    labels.push((key.to_string(), value.to_string()));
+    labels
+}
+
+/// An agent's answer times as read at scrape time, encoded as a
+/// Prometheus histogram.
+#[derive(Debug, Default)]
+struct AnswerTimes(Mutex<LatencySnapshot>);
+
+impl AnswerTimes {
+    fn set(&self, snapshot: LatencySnapshot) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
+    }
+}
+
+impl TypedMetric for AnswerTimes {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AnswerTimes {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        encoder.encode_histogram::<NoLabelSet>(s.sum_seconds, s.count, &s.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -208,9 +315,10 @@ fn saturating_i64(value: u64) -> i64 {
 /// `GET /metrics`.
 pub async fn get_metrics(State(state): State<SharedState>) -> Result<Response, ApiError> {
     let shared = std::sync::Arc::clone(&state);
-    let text =
-        read_regions(&state, move |regions| Ok(shared.metrics.render(regions, &shared.gate)))
-            .await?;
+    let text = read_regions(&state, move |regions| {
+        Ok(shared.metrics.render(regions, &shared.gate, &shared.agents))
+    })
+    .await?;
     Ok(([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], text).into_response())
 }
 

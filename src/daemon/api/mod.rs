@@ -14,6 +14,7 @@
 //! resized or deleted, an export added or removed) finishes before the next
 //! starts.
 
+pub mod agents;
 pub mod exports;
 pub mod fs;
 pub mod health;
@@ -31,6 +32,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::agents::Agents;
 use super::exports::{ExportError, Exports};
 use super::regions::Regions;
 use crate::block::BlockError;
@@ -49,6 +51,8 @@ pub struct ApiState {
     pub regions: Arc<Regions>,
     /// The exports being served.
     pub exports: Exports,
+    /// The guest agents of block regions, and what resizes did.
+    pub agents: Agents,
     /// The RvmFS filesystems being served.
     pub mounts: Arc<FsMounts>,
     /// Where default NBD sockets go: `<control socket dir>/nbd`.
@@ -79,6 +83,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/regions/{name}/rename", post(regions::rename_region))
         .route("/v1/regions/{name}/resize", post(regions::resize_region))
         .route("/v1/regions/{name}/stats", get(regions::get_region_stats))
+        .route(
+            "/v1/regions/{name}/agent",
+            get(agents::get_agent).put(agents::attach_agent).delete(agents::detach_agent),
+        )
         .route("/v1/exports", get(exports::list_exports).post(exports::add_export))
         .route("/v1/exports/{name}", axum::routing::delete(exports::remove_export))
         .route("/v1/fs", post(fs::create_fs))
@@ -133,6 +141,7 @@ impl From<BlockError> for ApiError {
             BlockError::Pool(pool) => status_for(pool),
             BlockError::NotBlock { .. } | BlockError::Invalid(_) => StatusCode::BAD_REQUEST,
             BlockError::QuotaTooSmall { .. } => StatusCode::CONFLICT,
+            BlockError::QuotaBeyondPool { .. } => StatusCode::INSUFFICIENT_STORAGE,
             BlockError::Device { source: pmvisor_blk::DeviceError::NoSpace, .. } => {
                 StatusCode::INSUFFICIENT_STORAGE
             }
@@ -306,6 +315,9 @@ mod tests {
         ("post", "/v1/regions/{name}/rename"),
         ("post", "/v1/regions/{name}/resize"),
         ("get", "/v1/regions/{name}/stats"),
+        ("get", "/v1/regions/{name}/agent"),
+        ("put", "/v1/regions/{name}/agent"),
+        ("delete", "/v1/regions/{name}/agent"),
         ("get", "/v1/exports"),
         ("post", "/v1/exports"),
         ("delete", "/v1/exports/{name}"),

@@ -15,8 +15,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{parse_json, read_regions, write_regions, ApiError, SharedState};
-use crate::block::{BlockStats, ATTR_SIZE, ATTR_SWAP};
+use super::agents::check_deadline;
+use super::{enter_gate, parse_json, read_regions, write_regions, ApiError, SharedState};
+use crate::agent::{resize_with_agent, AgentExchange, AgentStats, DEFAULT_DEADLINE};
+use crate::block::{BlockStats, Rejected, ResizeReport, ATTR_RESIDENT, ATTR_SIZE, ATTR_SWAP};
+use crate::daemon::regions::ResizePlan;
 use crate::pool::{Extent, RegionInfo, RegionKind, PAGE_SIZE};
 
 /// A region as the API shows it.
@@ -55,17 +58,19 @@ pub struct BlockView {
 
 impl BlockView {
     /// The block shape recorded in a block region's attributes. The region
-    /// holds its block map (8 bytes per block, whole pages) and then one
-    /// frame per page of resident quota.
-    fn from_info(info: &RegionInfo) -> Option<BlockView> {
+    /// holds its block map (8 bytes per block, whole pages) and then its
+    /// frames; regions from before the quota attribute hold their quota.
+    pub fn from_info(info: &RegionInfo) -> Option<BlockView> {
         if info.kind != RegionKind::Block {
             return None;
         }
         let size: u64 = info.attrs.get(ATTR_SIZE)?.parse().ok()?;
         let map_bytes = (size / PAGE_SIZE * 8).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let held = info.size.saturating_sub(map_bytes);
+        let quota = info.attrs.get(ATTR_RESIDENT).and_then(|q| q.parse::<u64>().ok());
         Some(BlockView {
             size,
-            resident_quota: info.size.saturating_sub(map_bytes),
+            resident_quota: quota.unwrap_or(held).max(held),
             swap: info.attrs.get(ATTR_SWAP).is_some_and(|v| v == "true"),
         })
     }
@@ -80,6 +85,9 @@ pub struct BlockStatsView {
     pub size: u64,
     /// Resident quota in bytes.
     pub resident_quota: u64,
+    /// Bytes of frames taken from the pool so far (at most the quota).
+    #[serde(default)]
+    pub allocated: u64,
     /// Blocks held in pool frames.
     pub resident_blocks: u64,
     /// Blocks held in the swap tier.
@@ -96,6 +104,145 @@ pub struct BlockStatsView {
     pub evictions: u64,
     /// Whether the region may use the swap tier.
     pub swap: bool,
+    /// Daemon only: blocks evicted since the daemon started, by who chose
+    /// them.
+    #[serde(default)]
+    pub evictions_by_chooser: Option<EvictionsByChooser>,
+    /// Daemon only: blocks of agent answers not used, by reason, since the
+    /// daemon started.
+    #[serde(default)]
+    pub rejected: Option<RejectedView>,
+    /// Daemon only: the region's agent link, when one is attached.
+    #[serde(default)]
+    pub agent: Option<AgentStatsView>,
+}
+
+/// Blocks that left the pool, by who chose them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvictionsByChooser {
+    /// The guest agent chose them; they went to swap.
+    pub guest_keep: u64,
+    /// The guest agent chose them; they were unmapped.
+    pub guest_drop: u64,
+    /// The host's CLOCK chose them (resizes and writes beyond the quota).
+    pub host: u64,
+}
+
+/// Blocks of agent answers that were not used, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedView {
+    /// Past the end of the device.
+    pub out_of_range: u64,
+    /// Named more than once.
+    pub duplicate: u64,
+    /// Not resident (unmapped or already swapped).
+    pub not_resident: u64,
+    /// Beyond the number of blocks asked for.
+    pub surplus: u64,
+    /// `keep` blocks of a region without swap.
+    pub no_swap: u64,
+}
+
+impl From<&Rejected> for RejectedView {
+    fn from(r: &Rejected) -> RejectedView {
+        RejectedView {
+            out_of_range: r.out_of_range,
+            duplicate: r.duplicate,
+            not_resident: r.not_resident,
+            surplus: r.surplus,
+            no_swap: r.no_swap,
+        }
+    }
+}
+
+/// A region's agent link: its counters and answer times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatsView {
+    #[serde(flatten)]
+    pub link: AgentStats,
+    /// How long a resize waits for the agent, in ms.
+    pub deadline_ms: u64,
+    /// Mean time of the agent's answers, in microseconds.
+    pub mean_answer_micros: Option<u64>,
+}
+
+/// What one resize did (`POST /v1/regions/{name}/resize`, block regions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResizeReportView {
+    /// Resident quota before and after, in 4 KiB frames.
+    pub frames_before: u64,
+    pub frames_after: u64,
+    /// Blocks freed that the guest chose: sent to swap, unmapped.
+    pub guest_kept: u64,
+    pub guest_dropped: u64,
+    /// Blocks freed that the host chose (CLOCK).
+    pub host_chosen: u64,
+    /// Hinted-hot blocks brought back from swap by a grow.
+    pub brought_back: u64,
+    /// Blocks moved to frames below the new quota.
+    pub compacted: u64,
+    /// Blocks of the agent's answer that were not used, by reason.
+    pub rejected: RejectedView,
+    /// Time the host spent resizing, in microseconds (the agent's answer
+    /// time excluded).
+    pub elapsed_micros: u64,
+    /// What the agent did; `null` without an agent or when nothing was
+    /// asked.
+    pub agent: Option<AgentExchangeView>,
+}
+
+/// The agent's part in one resize.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentExchangeView {
+    /// `evict` (shrink) or `grow`.
+    pub request: String,
+    /// Blocks asked for, or by which the quota grew.
+    pub asked: u64,
+    /// Blocks the agent named in a usable answer.
+    pub offered: u64,
+    /// Why no usable answer came (`timeout`, `garbage`, ...); `null` when
+    /// the answer was used.
+    pub failure: Option<String>,
+    /// The failure as a sentence.
+    pub detail: Option<String>,
+    /// How long the host waited for the agent, in microseconds.
+    pub answer_micros: u64,
+}
+
+impl ResizeReportView {
+    /// The view of `report`, with the agent's part.
+    pub fn new(report: &ResizeReport, agent: Option<&AgentExchange>) -> ResizeReportView {
+        ResizeReportView {
+            frames_before: report.frames_before,
+            frames_after: report.frames_after,
+            guest_kept: report.guest_kept,
+            guest_dropped: report.guest_dropped,
+            host_chosen: report.host_chosen,
+            brought_back: report.brought_back,
+            compacted: report.compacted,
+            rejected: (&report.rejected).into(),
+            elapsed_micros: u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX),
+            agent: agent.map(|a| AgentExchangeView {
+                request: a.request.to_string(),
+                asked: a.asked,
+                offered: a.offered,
+                failure: a.failure.map(str::to_string),
+                detail: a.detail.clone(),
+                answer_micros: a.answer_micros,
+            }),
+        }
+    }
+}
+
+/// The answer to a resize: the region, and for a block region what the
+/// resize did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResizedView {
+    #[serde(flatten)]
+    pub region: RegionView,
+    /// Block regions: what the resize did.
+    #[serde(default)]
+    pub resize: Option<ResizeReportView>,
 }
 
 impl From<BlockStats> for BlockStatsView {
@@ -103,6 +250,7 @@ impl From<BlockStats> for BlockStatsView {
         BlockStatsView {
             size: stats.size,
             resident_quota: stats.resident_quota,
+            allocated: stats.allocated,
             resident_blocks: stats.resident_blocks,
             swapped_blocks: stats.swapped_blocks,
             mrr: stats.mrr,
@@ -111,6 +259,9 @@ impl From<BlockStats> for BlockStatsView {
             faults: stats.faults,
             evictions: stats.evictions,
             swap: stats.swap,
+            evictions_by_chooser: None,
+            rejected: None,
+            agent: None,
         }
     }
 }
@@ -186,6 +337,10 @@ pub struct ResizeRegionRequest {
     /// Block regions: the new resident quota in bytes (whole pages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident: Option<u64>,
+    /// Block regions with an agent: how long to wait for its answer, in ms
+    /// [default: the agent's deadline, 200 ms unless set at attach].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 fn default_kind() -> RegionKind {
@@ -248,7 +403,27 @@ pub async fn get_region_stats(
     State(state): State<SharedState>,
     Path(name): Path<String>,
 ) -> Result<Json<BlockStatsView>, ApiError> {
-    read_regions(&state, move |regions| regions.stats(&name)).await.map(Json)
+    let owned = name.clone();
+    let mut stats = read_regions(&state, move |regions| regions.stats(&owned)).await?;
+    let totals = state.agents.totals(&name);
+    stats.evictions_by_chooser = Some(EvictionsByChooser {
+        guest_keep: totals.guest_kept,
+        guest_drop: totals.guest_dropped,
+        // Every eviction to swap is counted by the region; the guest's
+        // `keep` ones are among them.
+        host: stats.evictions.saturating_sub(totals.guest_kept),
+    });
+    stats.rejected = Some((&totals.rejected).into());
+    stats.agent = state.agents.get(&name).map(|agent| {
+        let latency = agent.link.latency();
+        AgentStatsView {
+            link: agent.link.stats(),
+            deadline_ms: u64::try_from(agent.deadline.as_millis()).unwrap_or(u64::MAX),
+            mean_answer_micros: (latency.count > 0)
+                .then(|| (latency.sum_seconds * 1e6 / latency.count as f64) as u64),
+        }
+    });
+    Ok(Json(stats))
 }
 
 /// `DELETE /v1/regions/{name}` → 204.
@@ -258,6 +433,8 @@ pub async fn delete_region(
 ) -> Result<StatusCode, ApiError> {
     let deleted = name.clone();
     write_regions(&state, move |regions| regions.delete(&name)).await?;
+    state.agents.stop(&deleted);
+    state.agents.forget(&deleted);
     tracing::info!(region = %deleted, "deleted region");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -275,16 +452,57 @@ pub async fn rename_region(
     Ok(Json(region))
 }
 
-/// `POST /v1/regions/{name}/resize` → the resized region.
+/// `POST /v1/regions/{name}/resize` → the resized region, and for a block
+/// region what the resize did. A block region with an agent asks it first
+/// (see [`resize_with_agent`]).
 pub async fn resize_region(
     State(state): State<SharedState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<RegionView>, ApiError> {
+) -> Result<Json<ResizedView>, ApiError> {
     let request = parse_resize_region(&body)?;
-    let region = write_regions(&state, move |regions| regions.resize(&name, &request)).await?;
-    tracing::info!(region = %region.name, size = region.size, "resized region");
-    Ok(Json(region))
+    let _one_change = state.changes.lock().await;
+    let guard = enter_gate(&state)?;
+    let (owned, asked) = (name.clone(), request.clone());
+    let plan = read_regions(&state, move |regions| regions.plan_resize(&owned, &asked)).await?;
+    let view = match plan {
+        ResizePlan::Block { region, resident } => {
+            let agent = state.agents.get(&name);
+            let deadline = request.deadline_ms.map(check_deadline).transpose()?;
+            let deadline =
+                deadline.or(agent.as_ref().map(|a| a.deadline)).unwrap_or(DEFAULT_DEADLINE);
+            let link = agent.as_ref().map(|a| &a.link);
+            let done = resize_with_agent(region, link, resident, deadline).await?;
+            state.agents.record_resize(&name, &done.report);
+            let owned = name.clone();
+            let region = read_regions(&state, move |regions| regions.show(&owned)).await?;
+            let report = ResizeReportView::new(&done.report, done.agent.as_ref());
+            tracing::info!(
+                region = %name,
+                "resized the resident quota from {} to {} frames: guest kept {}, guest dropped {}, \
+                 host chose {}, brought back {}, in {} us{}",
+                report.frames_before,
+                report.frames_after,
+                report.guest_kept,
+                report.guest_dropped,
+                report.host_chosen,
+                report.brought_back,
+                report.elapsed_micros,
+                report.agent.as_ref().map_or(String::new(), |a| format!(
+                    " (agent answered in {} us)",
+                    a.answer_micros
+                ))
+            );
+            ResizedView { region, resize: Some(report) }
+        }
+        ResizePlan::Size(_) => {
+            let view = read_regions(&state, move |regions| regions.resize(&name, &request)).await?;
+            tracing::info!(region = %view.region.name, size = view.region.size, "resized region");
+            view
+        }
+    };
+    drop(guard);
+    Ok(Json(view))
 }
 
 #[cfg(test)]

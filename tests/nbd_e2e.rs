@@ -342,3 +342,88 @@ fn a_ublk_export_without_the_driver_says_what_to_load() {
     daemon.signal(rustix::process::Signal::TERM);
     assert!(daemon.wait().success(), "{}", daemon.log_text());
 }
+
+#[test]
+fn the_balancer_shrinks_overcommitted_regions_by_weight_when_the_pool_runs_short() {
+    if !clients_available("the_balancer_shrinks_overcommitted_regions_by_weight") {
+        return;
+    }
+    let sandbox = Sandbox::in_memory();
+    sandbox
+        .pmvisor()
+        .args(["pool", "create", "--size", "40M"])
+        .arg(sandbox.pool())
+        .assert()
+        .success();
+    // Two quotas of 24 MiB in a pool of about 38 MiB: writes take frames
+    // as they come, until the pool runs short.
+    for name in ["light", "heavy"] {
+        sandbox
+            .on_pool(&["region", "create", name, "--size", "24M", "--resident", "24M", "--swap"])
+            .assert()
+            .success();
+    }
+    let pool = sandbox.pool();
+    let _daemon = sandbox.serve(&["--pool", pool.to_str().unwrap()]);
+    let balance = |args: &[&str]| {
+        let mut all = vec!["pool", "balance"];
+        all.extend_from_slice(args);
+        stdout_json(&mut sandbox.on_pool(&all))
+    };
+    // Refusals name the problem.
+    let out = sandbox.on_pool(&["pool", "balance", "--low", "20%", "--high", "10%"]).assert();
+    let stderr = String::from_utf8_lossy(&out.failure().get_output().stderr).into_owned();
+    assert!(stderr.contains("must not be above the high one"), "{stderr}");
+    let out = sandbox.on_pool(&["pool", "balance", "--weight", "light=0"]).assert();
+    let stderr = String::from_utf8_lossy(&out.failure().get_output().stderr).into_owned();
+    assert!(stderr.contains("from 1 to 10000"), "{stderr}");
+
+    let view = balance(&["--low", "10%", "--high", "25%", "--weight", "heavy=300"]);
+    assert_eq!((view["low"].as_f64(), view["high"].as_f64()), (Some(0.10), Some(0.25)));
+    let weight = |view: &Value, name: &str| {
+        view["regions"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["weight"]
+            .as_u64()
+    };
+    assert_eq!((weight(&view, "light"), weight(&view, "heavy")), (Some(100), Some(300)));
+
+    let mut uris = Vec::new();
+    for name in ["light", "heavy"] {
+        sandbox.on_pool(&["export", "add", name, "--nbd"]).assert().success();
+        let socket = sandbox.path(&format!("nbd/{name}.sock"));
+        uris.push(format!("nbd+unix:///{name}?socket={}", socket.display()));
+    }
+    // 20 MiB each: 40 MiB of frames wanted from a pool of about 39.
+    qemu_io(&uris[0], &["write -P 0x11 0 20M"]);
+    qemu_io(&uris[1], &["write -P 0x22 0 20M"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let view = loop {
+        let view = balance(&[]);
+        if view["last_run"].is_object() && view["wanted_pages"] == 0 {
+            break view;
+        }
+        assert!(std::time::Instant::now() < deadline, "the balancer never acted: {view}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let run = &view["last_run"];
+    let free_pages = view["free_pages"].as_u64().unwrap();
+    let data_pages = view["data_pages"].as_u64().unwrap();
+    assert!(free_pages as f64 >= 0.10 * data_pages as f64, "{view}");
+    let given = |name: &str| {
+        let shrinks = run["shrinks"].as_array().unwrap();
+        let s = shrinks.iter().find(|s| s["region"] == name).unwrap();
+        assert_eq!(s["error"], Value::Null, "{s}");
+        s["from_frames"].as_u64().unwrap() - s["to_frames"].as_u64().unwrap()
+    };
+    // Same frames held, three times the weight: a third as much given.
+    let (light, heavy) = (given("light"), given("heavy"));
+    assert!(light > 2 * heavy && heavy > 0, "light gave {light}, heavy {heavy}: {run}");
+    // The data is all there, some of it now in swap.
+    qemu_io(&uris[0], &["read -P 0x11 0 20M"]);
+    qemu_io(&uris[1], &["read -P 0x22 0 20M"]);
+    assert!(stats(&sandbox, "light")["swapped_blocks"].as_u64().unwrap() > 0);
+    // The human form shows the same.
+    let out = sandbox.on_pool(&["pool", "balance"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("under 10.0% free, up to 25.0%"), "{text}");
+    assert!(text.contains("Last pass:") && text.contains("light"), "{text}");
+}

@@ -20,6 +20,7 @@
 //! cover. The free frame list and the swap slot list are rebuilt from the
 //! map at open, so nothing leaks.
 
+pub mod balance;
 mod clock;
 mod map;
 mod registry;
@@ -873,7 +874,19 @@ impl BlockDevice for BlockRegion {
                 continue;
             };
             // A new frame: data first, the entry only after it is durable.
-            let frame = match self.take_frame(&mut st) {
+            let mut taken = self.take_frame(&mut st);
+            if matches!(taken, Err(DeviceError::NoSpace)) && !placed.is_empty() {
+                // A request bigger than the frames the region can hold: the
+                // blocks placed so far become evictable once committed.
+                if let Err(e) = self.commit_placements(&mut st, &placed, false) {
+                    result = Err(e);
+                    placed.clear();
+                    break;
+                }
+                placed.clear();
+                taken = self.take_frame(&mut st);
+            }
+            let frame = match taken {
                 Ok(f) => f,
                 Err(e) => {
                     result = Err(e);

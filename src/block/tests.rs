@@ -468,3 +468,40 @@ fn quotas_may_exceed_the_pool_frames_are_taken_as_written_and_a_shrink_makes_roo
         assert_eq!(buf, pattern(block, 2));
     }
 }
+
+#[test]
+fn when_the_pool_is_full_a_region_below_its_quota_evicts_its_own_blocks() {
+    let (_, regions) = region(fresh(), None);
+    let spec = BlockSpec { size: 512 * BLOCK, resident: 400 * BLOCK, swap: true };
+    regions.create("a", spec).unwrap();
+    regions.create("b", spec).unwrap();
+    let (a, b) = (regions.get("a").unwrap(), regions.get("b").unwrap());
+    for block in 0..400 {
+        a.write_at(block * BLOCK, &pattern(block, 1), false).unwrap();
+    }
+    // B gets what is left of the pool, then swaps its own blocks.
+    for block in 0..160 {
+        b.write_at(block * BLOCK, &pattern(block, 2), false)
+            .unwrap_or_else(|e| panic!("block {block}: {e}; b holds {:?}", b.stats()));
+    }
+    assert!(b.stats().swapped_blocks > 0);
+    let mut buf = vec![0u8; BLOCK as usize];
+    for block in 0..160 {
+        b.read_at(block * BLOCK, &mut buf).unwrap();
+        assert_eq!(buf, pattern(block, 2));
+    }
+}
+
+#[test]
+fn one_write_bigger_than_the_quota_goes_through_to_swap() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 64 * BLOCK, resident: 8 * BLOCK, swap: true }));
+    let disk = regions.get("disk").unwrap();
+    let data: Vec<u8> = (0..20).flat_map(|b| pattern(b, 3)).collect();
+    disk.write_at(0, &data, false).unwrap();
+    let mut back = vec![0u8; data.len()];
+    disk.read_at(0, &mut back[..8 * BLOCK as usize]).unwrap();
+    disk.read_at(8 * BLOCK, &mut back[8 * BLOCK as usize..]).unwrap();
+    assert!(back == data, "a write of 20 blocks through 8 frames reads back");
+    assert_eq!(disk.stats().resident_blocks + disk.stats().swapped_blocks, 20);
+}

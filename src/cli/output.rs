@@ -13,9 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::size::format_size;
+use crate::daemon::api::balance::BalanceView;
 use crate::daemon::api::exports::ExportView;
 use crate::daemon::api::pool::{CheckView, PoolView};
 use crate::daemon::api::regions::{BlockStatsView, RegionView, RejectedView, ResizeReportView};
+use crate::daemon::balancer::BalanceRun;
 
 /// Print `value` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -373,6 +375,67 @@ impl Drop for Spinner {
             bar.finish_and_clear();
         }
     }
+}
+
+/// `pool balance` for people: one row per block region.
+pub fn balance_table(view: &BalanceView) -> Table {
+    let pages = |n: u64| format_size(n.saturating_mul(4096));
+    let mut table = plain_table();
+    table.set_header(vec!["REGION", "WEIGHT", "HOLDS", "RESIDENT", "FLOOR", "SWAP"]);
+    for region in &view.regions {
+        table.add_row(vec![
+            region.name.clone(),
+            region.weight.to_string(),
+            pages(region.frames),
+            pages(region.resident),
+            pages(region.floor),
+            if region.swap { "on" } else { "off" }.to_string(),
+        ]);
+    }
+    table
+}
+
+/// The first line of `pool balance`: the pool's free space and the
+/// watermarks.
+pub fn balance_summary(view: &BalanceView) -> String {
+    let pages = |n: u64| format_size(n.saturating_mul(4096));
+    format!(
+        "Pool: {} free of {}; the balancer shrinks block regions under {:.1}% free, up to {:.1}%{}.",
+        pages(view.free_pages),
+        pages(view.data_pages),
+        view.low * 100.0,
+        view.high * 100.0,
+        if view.wanted_pages > 0 {
+            format!(" (short by {} now)", pages(view.wanted_pages))
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// The last balancing pass in one line.
+pub fn balance_run_line(run: &BalanceRun) -> String {
+    let shrinks: Vec<String> = run
+        .shrinks
+        .iter()
+        .map(|s| match &s.error {
+            None => format!(
+                "{} {} -> {} (guest chose {}, host {})",
+                s.region,
+                format_size(s.from_frames * 4096),
+                format_size(s.to_frames * 4096),
+                s.guest_chosen,
+                s.host_chosen
+            ),
+            Some(err) => format!("{} failed: {err}", s.region),
+        })
+        .collect();
+    format!(
+        "Last pass: wanted {} free, freed {}: {}.",
+        format_size(run.wanted * 4096),
+        format_size(run.free_after.saturating_sub(run.free_before) * 4096),
+        shrinks.join("; ")
+    )
 }
 
 #[cfg(test)]

@@ -5,11 +5,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::output::{check_lines, pool_table, print_json, render, Spinner};
+use super::output::{
+    balance_run_line, balance_summary, balance_table, check_lines, pool_table, print_json, render,
+    Spinner,
+};
 use super::route::{self, Route};
 use super::size::{format_size, parse_size};
 use super::{PoolChoice, Settings};
+use crate::daemon::api::balance::{BalanceView, SetBalanceRequest};
 use crate::daemon::api::pool::{CheckView, PoolView};
+use crate::daemon::balancer::BalanceRun;
 use crate::pool::{CreateOptions, OpenMode, Pool};
 
 /// `pmvisor pool` commands.
@@ -37,6 +42,40 @@ pub enum PoolCommand {
         #[arg(long)]
         repair: bool,
     },
+    /// Show or set how the daemon's balancer shrinks block regions when the
+    /// pool runs short: watermarks and region weights
+    Balance {
+        /// Shrink regions when free pages fall under this share of the pool, e.g. 5%
+        #[arg(long, value_parser = parse_percent)]
+        low: Option<f64>,
+        /// ... until free pages reach this share, e.g. 10%
+        #[arg(long, value_parser = parse_percent)]
+        high: Option<f64>,
+        /// A block region's weight (1 to 10000, default 100): a region with twice
+        /// the weight gives half as much per frame it holds; repeatable
+        #[arg(long, value_name = "NAME=WEIGHT", value_parser = parse_weight_arg)]
+        weight: Vec<(String, u64)>,
+        /// Run a balancing pass now and show what it did
+        #[arg(long)]
+        now: bool,
+    },
+}
+
+/// `value_parser` for `5%` or `0.05`.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value = match text.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.parse::<f64>(),
+    };
+    value.map_err(|_| format!("{text:?} is not a share of the pool; write it like 5% or 0.05"))
+}
+
+/// `value_parser` for `NAME=WEIGHT`.
+fn parse_weight_arg(text: &str) -> Result<(String, u64), String> {
+    let (name, weight) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=WEIGHT; write it like vm1=200"))?;
+    Ok((name.to_string(), crate::block::balance::parse_weight(weight)?))
 }
 
 /// `value_parser` for size arguments.
@@ -58,6 +97,9 @@ pub fn run(command: PoolCommand, settings: &Settings) -> anyhow::Result<()> {
         }
         PoolCommand::Info => info(settings),
         PoolCommand::Check { repair } => check(settings, repair),
+        PoolCommand::Balance { low, high, weight, now } => {
+            balance(settings, low, high, weight, now)
+        }
     }
 }
 
@@ -94,6 +136,44 @@ fn info(settings: &Settings) -> anyhow::Result<()> {
         return print_json(&view);
     }
     println!("{}", render(pool_table(&view)));
+    Ok(())
+}
+
+fn balance(
+    settings: &Settings,
+    low: Option<f64>,
+    high: Option<f64>,
+    weights: Vec<(String, u64)>,
+    now: bool,
+) -> anyhow::Result<()> {
+    let Some((client, _)) = route::daemon_for(settings)? else {
+        anyhow::bail!(
+            "the balancer runs in the daemon, and none serves this pool; start it with \
+             `pmvisor serve`"
+        );
+    };
+    let mut view: BalanceView = if low.is_some() || high.is_some() || !weights.is_empty() {
+        let request = SetBalanceRequest { low, high, weights: weights.into_iter().collect() };
+        client.put("/v1/pool/balance", &request)?
+    } else {
+        client.get("/v1/pool/balance")?
+    };
+    if now {
+        let _run: Option<BalanceRun> = client.post("/v1/pool/balance/run", &())?;
+        view = client.get("/v1/pool/balance")?;
+    }
+    if settings.json {
+        return print_json(&view);
+    }
+    println!("{}", balance_summary(&view));
+    if view.regions.is_empty() {
+        println!("No block regions.");
+    } else {
+        println!("{}", render(balance_table(&view)));
+    }
+    if let Some(run) = &view.last_run {
+        println!("{}", balance_run_line(run));
+    }
     Ok(())
 }
 

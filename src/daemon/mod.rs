@@ -17,6 +17,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod balancer;
 pub mod exports;
 pub mod gated;
 pub mod regions;
@@ -37,6 +38,7 @@ use self::agents::Agents;
 use self::api::health::HealthView;
 use self::api::metrics::Metrics;
 use self::api::ApiState;
+use self::balancer::Balancer;
 use self::exports::Exports;
 use self::regions::Regions;
 use crate::block::BlockRegions;
@@ -99,6 +101,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
         ),
         exports: Exports::new(),
         agents: Agents::new(),
+        balancer: Balancer::load(balancer::settings_file(), &pool_path),
         mounts,
         nbd_dir,
         changes: tokio::sync::Mutex::new(()),
@@ -110,6 +113,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
     restore_exports(&state).await;
     restore_agents(&state).await;
     restore_mounts(&state).await;
+    let balancing = tokio::spawn(Balancer::run(Arc::clone(&state)));
     let app = api::router(Arc::clone(&state));
     tracing::info!(
         pool = %pool_path.display(),
@@ -129,6 +133,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
         .await
         .context("the control API stopped")?;
 
+    balancing.abort();
     state.exports.stop_all().await;
     state.agents.stop_all();
     let regions = Arc::clone(&state.regions);

@@ -15,6 +15,7 @@
 //! starts.
 
 pub mod agents;
+pub mod balance;
 pub mod exports;
 pub mod fs;
 pub mod health;
@@ -33,6 +34,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::agents::Agents;
+use super::balancer::Balancer;
 use super::exports::{ExportError, Exports};
 use super::regions::Regions;
 use crate::block::BlockError;
@@ -53,6 +55,8 @@ pub struct ApiState {
     pub exports: Exports,
     /// The guest agents of block regions, and what resizes did.
     pub agents: Agents,
+    /// The pool balancer: watermarks and its last pass.
+    pub balancer: Balancer,
     /// The RvmFS filesystems being served.
     pub mounts: Arc<FsMounts>,
     /// Where default NBD sockets go: `<control socket dir>/nbd`.
@@ -78,6 +82,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/health", get(health::get_health))
         .route("/v1/pool", get(pool::get_pool))
         .route("/v1/pool/check", get(pool::get_check))
+        .route("/v1/pool/balance", get(balance::get_balance).put(balance::set_balance))
+        .route("/v1/pool/balance/run", post(balance::run_balance))
         .route("/v1/regions", get(regions::list_regions).post(regions::create_region))
         .route("/v1/regions/{name}", get(regions::get_region).delete(regions::delete_region))
         .route("/v1/regions/{name}/rename", post(regions::rename_region))

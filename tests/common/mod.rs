@@ -1,10 +1,12 @@
 //! Helpers shared by the tests that run `pmvisor serve` as a real process:
 //! a sandbox (private state dir, socket and config), a daemon handle that
-//! kills the daemon when dropped, raw HTTP over the control socket.
+//! kills the daemon when dropped, raw HTTP over the control socket; and
+//! the test VM (`vm`).
 
 #![allow(dead_code)]
 
 pub mod fuse;
+pub mod vm;
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -40,6 +40,7 @@ mod check;
 mod checkpoint;
 pub mod crash;
 mod data;
+mod discard;
 mod error;
 mod file_media;
 mod journal;
@@ -66,6 +67,7 @@ pub use region::{validate_name, Extent, RegionKind, MAX_NAME_LEN};
 pub use window::MediaWindow;
 
 use catalog::Catalog;
+use discard::Discards;
 use journal::{Change, Cursor};
 use recovery::write_superblocks;
 use region::{validate_attr_key, RegionEntry, MAX_ATTR_BYTES, MAX_EXTENTS};
@@ -165,6 +167,8 @@ pub struct Pool {
     state: Mutex<State>,
     /// Problems met at open that did not stop it (lenient opens only).
     open_problems: Vec<String>,
+    /// Freed pages waiting to be given back to the medium.
+    discards: Discards,
 }
 
 fn now_unix() -> u64 {
@@ -432,6 +436,7 @@ impl Pool {
     /// Zero and reserve newly taken pages, then commit `change`; on failure
     /// the pages go back to the free space.
     fn prepare_and_commit(&self, st: &mut State, taken: &[Extent], change: Change) -> Result<()> {
+        self.discards.claim(taken);
         let result = taken
             .iter()
             .try_for_each(|e| self.media.zero(e.start * PAGE_SIZE, e.count * PAGE_SIZE))
@@ -534,10 +539,14 @@ impl Pool {
     fn release(&self, st: &mut State, extents: &[Extent]) {
         for e in extents {
             st.catalog.free.release(*e);
-            if let Err(err) = self.media.discard(e.start * PAGE_SIZE, e.count * PAGE_SIZE) {
-                tracing::debug!("could not give freed pages back to the medium: {err}");
-            }
         }
+        self.discards.push(extents);
+    }
+
+    /// Wait until freed pages have been given back to the medium (they are
+    /// free in the pool at once; see `discard.rs`).
+    pub fn settle_discards(&self) {
+        self.discards.settle();
     }
 
     /// Rename a region.

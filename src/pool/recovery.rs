@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::catalog::Catalog;
+use super::discard::Discards;
 use super::journal::{self, Tail};
 use super::superblock::{self, Superblock, SuperblockFault, SUPERBLOCK_SIZE};
 use super::{checkpoint, Media, OpenMode, Pool, PoolError, Result, State, PAGE_SIZE};
@@ -61,6 +62,7 @@ impl Pool {
         }
         Ok(Pool {
             path,
+            discards: Discards::new(Arc::clone(&media)),
             media,
             writable: mode == OpenMode::ReadWrite,
             state: Mutex::new(State { sb, catalog, cursor, failed: false }),

@@ -1,0 +1,236 @@
+//! Giving freed pages back to the medium off the caller's path.
+//!
+//! A freed range is free in the catalog at once (the free space is the
+//! complement of the regions, so nothing here is ever persisted), but
+//! punching it out of a file medium (`Media::discard`) costs time in
+//! proportion to its size: on tmpfs, 256 MiB is tens of milliseconds of
+//! page freeing. Shrinks and deletes queue their ranges here instead, and
+//! one thread discards them.
+//!
+//! The one rule: a range must not be discarded after a new owner has
+//! started to use it. Every allocation passes its pages through
+//! [`Discards::claim`] before it zeroes them, which drops them from the
+//! queue (zeroing punches them anyway) and waits while the thread is
+//! discarding any of them. A crash loses the queue, which only leaves
+//! pages allocated in the file.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use super::{Extent, Media, PAGE_SIZE};
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Vec<Extent>,
+    /// Being discarded by the thread right now.
+    busy: Vec<Extent>,
+    stop: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The queue of ranges to discard and the thread that does it.
+#[derive(Debug)]
+pub(super) struct Discards {
+    media: Arc<dyn Media>,
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Discards {
+    pub(super) fn new(media: Arc<dyn Media>) -> Discards {
+        Discards { media, shared: Arc::default(), worker: Mutex::new(None) }
+    }
+
+    /// Queue `extents` (already free in the catalog) for discarding.
+    pub(super) fn push(&self, extents: &[Extent]) {
+        if extents.is_empty() {
+            return;
+        }
+        self.shared.lock().pending.extend_from_slice(extents);
+        self.shared.changed.notify_all();
+        let mut worker = self.worker.lock().unwrap_or_else(|p| p.into_inner());
+        if worker.is_none() {
+            let (media, shared) = (Arc::clone(&self.media), Arc::clone(&self.shared));
+            let spawned = std::thread::Builder::new()
+                .name("pool-discard".into())
+                .spawn(move || run(media.as_ref(), &shared));
+            match spawned {
+                Ok(handle) => *worker = Some(handle),
+                // No thread: discard now, on the caller's path.
+                Err(err) => {
+                    tracing::debug!("no discard thread ({err}); discarding inline");
+                    let taken = std::mem::take(&mut self.shared.lock().pending);
+                    discard(self.media.as_ref(), &taken);
+                }
+            }
+        }
+    }
+
+    /// `extents` are being given to a new owner: take them out of the
+    /// queue, and wait while any of them is being discarded.
+    pub(super) fn claim(&self, extents: &[Extent]) {
+        let mut queue = self.shared.lock();
+        if queue.pending.is_empty() && queue.busy.is_empty() {
+            return;
+        }
+        let mut kept = Vec::with_capacity(queue.pending.len());
+        for &p in &queue.pending {
+            let mut pieces = vec![p];
+            for &t in extents {
+                pieces = pieces.into_iter().flat_map(|piece| subtract(piece, t)).collect();
+            }
+            kept.extend(pieces);
+        }
+        queue.pending = kept;
+        while queue.busy.iter().any(|&b| extents.iter().any(|&t| overlap(b, t))) {
+            queue = self.shared.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Wait until every queued range has been discarded.
+    pub(super) fn settle(&self) {
+        let mut queue = self.shared.lock();
+        while !queue.pending.is_empty() || !queue.busy.is_empty() {
+            if self.worker.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+                return;
+            }
+            queue = self.shared.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Discards {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(worker) = self.worker.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// The thread: discard whatever is queued until told to stop, then finish
+/// the queue.
+fn run(media: &dyn Media, shared: &Shared) {
+    loop {
+        let batch = {
+            let mut queue = shared.lock();
+            while queue.pending.is_empty() && !queue.stop {
+                queue = shared.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
+            }
+            if queue.pending.is_empty() {
+                return;
+            }
+            let batch = std::mem::take(&mut queue.pending);
+            queue.busy.clone_from(&batch);
+            batch
+        };
+        discard(media, &batch);
+        shared.lock().busy.clear();
+        shared.changed.notify_all();
+    }
+}
+
+fn discard(media: &dyn Media, extents: &[Extent]) {
+    for e in extents {
+        if let Err(err) = media.discard(e.start * PAGE_SIZE, e.count * PAGE_SIZE) {
+            tracing::debug!("could not give freed pages back to the medium: {err}");
+        }
+    }
+}
+
+fn overlap(a: Extent, b: Extent) -> bool {
+    a.start < b.start + b.count && b.start < a.start + a.count
+}
+
+/// `a` without the pages of `b`: none, one or two pieces.
+fn subtract(a: Extent, b: Extent) -> Vec<Extent> {
+    if !overlap(a, b) {
+        return vec![a];
+    }
+    let mut out = Vec::new();
+    if a.start < b.start {
+        out.push(Extent { start: a.start, count: b.start - a.start });
+    }
+    let (a_end, b_end) = (a.start + a.count, b.start + b.count);
+    if b_end < a_end {
+        out.push(Extent { start: b_end, count: a_end - b_end });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::crash::{CrashMedia, TearGranularity};
+
+    fn e(start: u64, count: u64) -> Extent {
+        Extent { start, count }
+    }
+
+    #[test]
+    fn subtracting_leaves_the_pages_outside() {
+        assert_eq!(subtract(e(10, 10), e(0, 5)), vec![e(10, 10)]);
+        assert_eq!(subtract(e(10, 10), e(12, 3)), vec![e(10, 2), e(15, 5)]);
+        assert_eq!(subtract(e(10, 10), e(5, 10)), vec![e(15, 5)]);
+        assert_eq!(subtract(e(10, 10), e(0, 100)), vec![]);
+    }
+
+    #[test]
+    fn a_deleted_region_is_punched_out_of_a_pool_file_and_reused_pages_are_not() {
+        use std::os::unix::fs::MetadataExt;
+
+        use crate::pool::{CreateOptions, Pool, RegionKind};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.pool");
+        let pool =
+            Pool::create(&path, &CreateOptions { size: 64 << 20, ..Default::default() }).unwrap();
+        let allocated = || std::fs::metadata(&path).unwrap().blocks() * 512;
+        let a = pool.create_region("a", RegionKind::Fs, 16 << 20).unwrap();
+        pool.media().write(a.extents[0].start * PAGE_SIZE, &vec![7u8; 16 << 20]).unwrap();
+        let full = allocated();
+        pool.delete_region("a").unwrap();
+        // Free at once; punched out soon after.
+        assert_eq!(pool.info().free_pages, pool.info().data_pages);
+        pool.settle_discards();
+        assert!(allocated() + (15 << 20) <= full, "{} then {}", full, allocated());
+        // Pages freed and taken again at once are never punched under the
+        // new owner.
+        for round in 0..20u8 {
+            let b = pool.create_region("b", RegionKind::Fs, 8 << 20).unwrap();
+            let at = b.extents[0].start * PAGE_SIZE;
+            pool.media().write(at, &vec![round; 8 << 20]).unwrap();
+            pool.delete_region("b").unwrap();
+            let c = pool.create_region("c", RegionKind::Fs, 8 << 20).unwrap();
+            let at = c.extents[0].start * PAGE_SIZE;
+            pool.media().write(at, &vec![round + 100; 8 << 20]).unwrap();
+            pool.settle_discards();
+            let mut back = vec![0u8; 8 << 20];
+            pool.media().read(at, &mut back).unwrap();
+            assert!(back.iter().all(|&x| x == round + 100), "round {round}: data punched");
+            pool.delete_region("c").unwrap();
+        }
+    }
+
+    #[test]
+    fn claimed_pages_leave_the_queue_and_the_rest_is_discarded() {
+        let media: Arc<dyn Media> = Arc::new(CrashMedia::new(1 << 20, TearGranularity::Nvram));
+        let discards = Discards::new(media);
+        discards.push(&[e(0, 64), e(100, 20)]);
+        discards.claim(&[e(10, 10), e(100, 20)]);
+        discards.settle();
+        let queue = discards.shared.lock();
+        assert!(queue.pending.is_empty() && queue.busy.is_empty());
+    }
+}

@@ -161,6 +161,22 @@ impl BlockRegion {
         let info =
             self.pool.resize_region(&self.name, (self.map_pages + new_frames) * PAGE_SIZE)?;
         st.layout = RegionLayout::new(&info.extents);
+        // Map the new frames in at once rather than a fault per first touch.
+        let mut run: Option<(u64, u64)> = None;
+        for frame in old_frames..new_frames {
+            let at = self.frame_offset(st, frame);
+            match &mut run {
+                Some((start, len)) if *start + *len == at => *len += BLOCK,
+                _ => {
+                    if let Some((start, len)) = run.replace((at, BLOCK)) {
+                        let _ = self.media.populate(start, len);
+                    }
+                }
+            }
+        }
+        if let Some((start, len)) = run {
+            let _ = self.media.populate(start, len);
+        }
         st.owner.resize(new_frames as usize, NO_BLOCK);
         st.free.extend((old_frames..new_frames).rev());
         st.policy.resize(new_frames);

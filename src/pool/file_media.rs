@@ -297,6 +297,25 @@ impl Media for MappedMedia {
         Ok(())
     }
 
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        check_bounds(self.len, offset, len)?;
+        if len > 0 && matches!(self.kind, MediaKind::File | MediaKind::DaxFile) {
+            rustix::fs::fallocate(&self.file, FallocateFlags::KEEP_SIZE, offset, len)?;
+        }
+        Ok(())
+    }
+
+    fn populate(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_bounds(self.len, offset, len)?;
+        if len == 0 || !self.writable {
+            return Ok(());
+        }
+        // SAFETY: the range is inside the live mapping (checked above).
+        unsafe { sys::populate_write(self.base, offset, len) };
+        Ok(())
+    }
+
     fn copy(&self, from: u64, to: u64, len: u64) -> io::Result<()> {
         self.check_writable()?;
         check_bounds(self.len, from, len)?;

@@ -93,6 +93,19 @@ pub trait Media: Send + Sync + fmt::Debug {
     /// storage back. Its contents are unspecified afterwards.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
 
+    /// Make sure later writes to a range cannot fail for lack of space,
+    /// keeping what it holds (file media allocate its holes; other media
+    /// have nothing to do).
+    fn reserve(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Map a range in now, ready for writing, so that first touches do not
+    /// fault page by page (a hint: media without a mapping ignore it).
+    fn populate(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Copy `len` bytes at `from` to `to` inside the medium (the ranges must
     /// not overlap); not yet durable. A mapped medium copies in place.
     fn copy(&self, from: u64, to: u64, len: u64) -> io::Result<()> {

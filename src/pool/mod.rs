@@ -171,6 +171,15 @@ pub struct Pool {
     discards: Discards,
 }
 
+/// What newly taken pages get before their region owns them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Zeros, durably (they may be read before they are written).
+    Zero,
+    /// Space only: the owner writes every page before reading it.
+    Reserve,
+}
+
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -436,10 +445,27 @@ impl Pool {
     /// Zero and reserve newly taken pages, then commit `change`; on failure
     /// the pages go back to the free space.
     fn prepare_and_commit(&self, st: &mut State, taken: &[Extent], change: Change) -> Result<()> {
+        self.prepare_and_commit_with(st, taken, Fill::Zero, change)
+    }
+
+    /// [`Pool::prepare_and_commit`], the new pages zeroed or only reserved.
+    fn prepare_and_commit_with(
+        &self,
+        st: &mut State,
+        taken: &[Extent],
+        fill: Fill,
+        change: Change,
+    ) -> Result<()> {
         self.discards.claim(taken);
         let result = taken
             .iter()
-            .try_for_each(|e| self.media.zero(e.start * PAGE_SIZE, e.count * PAGE_SIZE))
+            .try_for_each(|e| {
+                let (at, len) = (e.start * PAGE_SIZE, e.count * PAGE_SIZE);
+                match fill {
+                    Fill::Zero => self.media.zero(at, len),
+                    Fill::Reserve => self.media.reserve(at, len),
+                }
+            })
             .map_err(|source| PoolError::Io {
                 path: self.path.clone(),
                 operation: "reserving and zeroing the region's pages",
@@ -633,7 +659,10 @@ impl Pool {
         };
         entry.extents.extend(taken.iter().copied());
         alloc::coalesce(&mut entry.extents);
-        self.prepare_and_commit(&mut st, &taken, Change::Put(entry.clone()))?;
+        // A block region grows by frames, which the block layer always
+        // writes before it reads them: reserving them is enough.
+        let fill = if entry.kind == RegionKind::Block { Fill::Reserve } else { Fill::Zero };
+        self.prepare_and_commit_with(&mut st, &taken, fill, Change::Put(entry.clone()))?;
         Ok(RegionInfo::from_entry(&entry))
     }
 

@@ -74,6 +74,16 @@ impl Media for MediaWindow {
         self.inner.discard(self.base + offset, len)
     }
 
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_bounds(self.len, offset, len)?;
+        self.inner.reserve(self.base + offset, len)
+    }
+
+    fn populate(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_bounds(self.len, offset, len)?;
+        self.inner.populate(self.base + offset, len)
+    }
+
     fn copy(&self, from: u64, to: u64, len: u64) -> io::Result<()> {
         check_bounds(self.len, from, len)?;
         check_bounds(self.len, to, len)?;

@@ -8,6 +8,9 @@
 //! 4 KiB random read and write at queue depth 1 and 32, 1 MiB sequential
 //! read and write (queue depth 8). Each row runs every server once, one
 //! after the other, for `PMVISOR_BENCH_SECONDS` (default 5) seconds.
+//! `PMVISOR_BENCH_ONLY='QD1|sequential'` runs just the rows whose names
+//! contain one of the phrases, `PMVISOR_BENCH_SERVERS=pmvisor,nbdkit` just
+//! those servers; either prints the table without writing results.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -175,11 +178,17 @@ fn main() {
             .spawn()
             .expect("qemu-nbd"),
     );
+    let chosen: Option<Vec<String>> = std::env::var("PMVISOR_BENCH_SERVERS")
+        .ok()
+        .map(|names| names.split(',').map(str::to_owned).collect());
     let servers: Vec<(&str, String)> = vec![
         ("pmvisor", format!("nbd+unix:///bench?socket={}", sock("pmvisor").display())),
         ("nbdkit", format!("nbd+unix:///?socket={}", sock("nbdkit").display())),
         ("qemu-nbd", format!("nbd+unix:///?socket={}", sock("qemu-nbd").display())),
-    ];
+    ]
+    .into_iter()
+    .filter(|(name, _)| chosen.as_ref().is_none_or(|names| names.iter().any(|n| n == name)))
+    .collect();
     for name in ["pmvisor", "nbdkit", "qemu-nbd"] {
         wait_for_socket(&sock(name));
     }
@@ -188,8 +197,19 @@ fn main() {
         fio(uri, "write", "1m", 8, None);
     }
 
+    let only: Option<Vec<String>> = std::env::var("PMVISOR_BENCH_ONLY")
+        .ok()
+        .map(|words| words.split('|').map(|w| w.trim().to_lowercase()).collect());
+    let rows: Vec<&Row> = ROWS
+        .iter()
+        .filter(|row| {
+            only.as_ref().is_none_or(|words| {
+                words.iter().any(|word| row.name.to_lowercase().contains(word.as_str()))
+            })
+        })
+        .collect();
     let mut results: Vec<Vec<Figure>> = Vec::new();
-    for row in ROWS {
+    for row in &rows {
         let figures: Vec<Figure> = servers
             .iter()
             .map(|(name, uri)| {
@@ -206,12 +226,15 @@ fn main() {
     drop((nbdkit, qemu));
 
     let names: Vec<&str> = servers.iter().map(|(n, _)| *n).collect();
-    let table = markdown(&names, &results, seconds);
+    let table = markdown(&names, &rows, &results, seconds);
     println!("{table}");
+    if only.is_some() || chosen.is_some() {
+        return;
+    }
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("nbd.md"), &table).unwrap();
-    std::fs::write(out.join("nbd.svg"), svg(&names, &results)).unwrap();
+    std::fs::write(out.join("nbd.svg"), svg(&names, &rows, &results)).unwrap();
     eprintln!("nbd bench: wrote benches/results/nbd.md and nbd.svg");
 }
 
@@ -223,7 +246,7 @@ fn value(row: &Row, figure: &Figure) -> f64 {
     }
 }
 
-fn markdown(names: &[&str], results: &[Vec<Figure>], seconds: u64) -> String {
+fn markdown(names: &[&str], rows: &[&Row], results: &[Vec<Figure>], seconds: u64) -> String {
     let mut md = String::new();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
@@ -246,9 +269,9 @@ fn markdown(names: &[&str], results: &[Vec<Figure>], seconds: u64) -> String {
         names.join(" / ")
     );
     let _ = writeln!(md, "|---|---|{}---|---|", "---:|".repeat(names.len()));
-    for (row, figures) in ROWS.iter().zip(results) {
+    for (row, figures) in rows.iter().zip(results) {
         let values: Vec<f64> = figures.iter().map(|f| value(row, f)).collect();
-        let best_peer = values[1..].iter().copied().fold(0.0, f64::max);
+        let best_peer = values.iter().skip(1).copied().fold(0.0, f64::max);
         let latency = if row.depth == 1 {
             figures.iter().map(|f| format!("{:.1}", f.lat_us)).collect::<Vec<_>>().join(" / ")
         } else {
@@ -277,10 +300,10 @@ fn fio_version() -> String {
 
 /// Grouped bars, one group per workload, each bar relative to the best
 /// server of its row (so IOPS and MiB/s rows share one scale).
-fn svg(names: &[&str], results: &[Vec<Figure>]) -> String {
+fn svg(names: &[&str], rows: &[&Row], results: &[Vec<Figure>]) -> String {
     const COLOURS: [&str; 3] = ["#1f77b4", "#ff7f0e", "#2ca02c"];
     let (width, row_height, left) = (760.0, 64.0, 190.0);
-    let height = 50.0 + row_height * ROWS.len() as f64 + 30.0;
+    let height = 50.0 + row_height * rows.len() as f64 + 30.0;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -300,7 +323,7 @@ fn svg(names: &[&str], results: &[Vec<Figure>]) -> String {
         );
     }
     let span = width - left - 80.0;
-    for (r, (row, figures)) in ROWS.iter().zip(results).enumerate() {
+    for (r, (row, figures)) in rows.iter().zip(results).enumerate() {
         let y = 55.0 + row_height * r as f64;
         let _ = writeln!(out, r#"<text x="10" y="{}">{}</text>"#, y + 30.0, row.name);
         let values: Vec<f64> = figures.iter().map(|f| value(row, f)).collect();

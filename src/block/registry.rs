@@ -16,14 +16,33 @@ pub struct BlockRegions {
     regions: Mutex<BTreeMap<String, Arc<BlockRegion>>>,
 }
 
-/// The swap file a pool uses unless told otherwise: beside the pool.
+/// The swap file a pool uses unless told otherwise: beside the pool, or,
+/// for a pool on a device (`/dev/pmem0`, `/dev/dax0.0`), in the state
+/// directory. (A pool file in `/dev/shm` is a file: its swap goes beside it.)
 pub fn default_swap_path(pool: &Path) -> PathBuf {
+    use std::os::unix::fs::FileTypeExt;
     let mut name = pool.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "pool".into());
     name.push(".swap");
+    let device = std::fs::metadata(pool)
+        .is_ok_and(|m| m.file_type().is_block_device() || m.file_type().is_char_device());
     match pool.parent() {
-        // A device pool (/dev/pmem0) keeps its swap in the state directory.
-        Some(dir) if !dir.starts_with("/dev") => dir.join(name),
-        _ => PathBuf::from("/var/lib/pmvisor").join(name),
+        Some(dir) if !device => dir.join(name),
+        _ => crate::paths::state_dir().join(name),
+    }
+}
+
+#[cfg(test)]
+mod default_swap_tests {
+    use super::*;
+
+    #[test]
+    fn the_swap_goes_beside_a_pool_file_even_under_dev_and_not_beside_a_device() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let pool = dir.path().join("test.pool");
+        std::fs::write(&pool, b"").unwrap();
+        assert_eq!(default_swap_path(&pool), dir.path().join("test.pool.swap"));
+        let device = default_swap_path(Path::new("/dev/null"));
+        assert_eq!(device, crate::paths::state_dir().join("null.swap"));
     }
 }
 

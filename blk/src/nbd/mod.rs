@@ -7,9 +7,12 @@
 //! write-zeroes, multi-conn and pipelined, out-of-order requests.
 //!
 //! Layout: [`proto`] is the wire format; `handshake` haggles options;
-//! `transmission` runs the command loop and `reply` writes its answers;
-//! `connection` ties one client's phases together; `export` holds the
-//! export table; `server` owns listeners and the public API.
+//! `transmission` runs the command loop on the connection's own thread,
+//! `workers` runs its slow requests, `reply` lays out its answers and
+//! `link` writes them; `socket`, `budget` and `buffers` are the blocking
+//! socket, the in-flight bounds and the reused payload buffers of one
+//! connection; `connection` ties one client's phases together; `export`
+//! holds the export table; `server` owns listeners and the public API.
 //!
 //! Every length a client sends is bounded before anything is allocated:
 //! option payloads ([`proto::MAX_OPTION_LEN`]), names and queries (4096
@@ -19,13 +22,18 @@
 //!
 //! [`BlockDevice`]: crate::BlockDevice
 
+mod budget;
+mod buffers;
 mod connection;
 mod export;
 mod handshake;
+mod link;
 pub mod proto;
 mod reply;
 mod server;
+mod socket;
 mod transmission;
+mod workers;
 
 pub use connection::HANDSHAKE_TIMEOUT;
 pub use handshake::MAX_OPTIONS;

@@ -1,28 +1,26 @@
 //! Transmission replies: how one request's answer is laid out on the wire
-//! (a simple reply, or structured chunks), and the task that writes the
-//! replies of one connection in completion order.
+//! (a simple reply, or structured chunks).
 //!
-//! A `ReplyFrame` is built completely before it is queued, so chunks of one
+//! A `ReplyFrame` is built completely before it is written, so chunks of one
 //! reply are never interleaved with another's bytes and the final chunk can
 //! carry `NBD_REPLY_FLAG_DONE` safely (no error can occur once the data is in
-//! memory). Each frame holds the in-flight permits of its request until it
-//! has been written, which is what bounds a connection's memory.
+//! memory). A frame is written as I/O slices (headers, then the data where
+//! it lies), so a reply is one `writev` however many chunks it has. Each
+//! frame holds the in-flight permit of its request until it has been
+//! written, which is what bounds a connection's memory.
 
-use std::io;
+use std::io::IoSlice;
 use std::ops::Range;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use zerocopy::IntoBytes;
 
+use super::budget::Permit;
 use super::proto::{
     block_status_chunk, data_chunk_head, error_chunk, hole_chunk, none_chunk, simple_reply,
 };
 
 /// Granularity of hole detection in structured reads.
 const HOLE_GRANULE: u64 = 4096;
-/// Size of the per-connection write buffer.
-const WRITE_BUFFER: usize = 256 * 1024;
 
 /// One piece of a frame.
 #[derive(Debug)]
@@ -36,12 +34,12 @@ enum Part {
 pub(crate) struct ReplyFrame {
     parts: Vec<Part>,
     data: Vec<u8>,
-    permits: Vec<OwnedSemaphorePermit>,
+    permit: Option<Permit>,
 }
 
 impl ReplyFrame {
     fn from_bytes(bytes: Vec<u8>) -> Self {
-        ReplyFrame { parts: vec![Part::Bytes(bytes)], data: Vec::new(), permits: Vec::new() }
+        ReplyFrame { parts: vec![Part::Bytes(bytes)], data: Vec::new(), permit: None }
     }
 
     /// A simple reply without payload (success or error).
@@ -63,7 +61,7 @@ impl ReplyFrame {
     pub fn simple_read(handle: u64, data: Vec<u8>) -> Self {
         let head = simple_reply(handle, 0).as_bytes().to_vec();
         let parts = vec![Part::Bytes(head), Part::Data(0..data.len())];
-        ReplyFrame { parts, data, permits: Vec::new() }
+        ReplyFrame { parts, data, permit: None }
     }
 
     /// A successful READ as structured chunks. Zero-filled, 4 KiB-aligned
@@ -92,7 +90,7 @@ impl ReplyFrame {
                 }
             }
         }
-        ReplyFrame { parts, data, permits: Vec::new() }
+        ReplyFrame { parts, data, permit: None }
     }
 
     /// A successful BLOCK_STATUS: one chunk for the one selected context.
@@ -100,20 +98,36 @@ impl ReplyFrame {
         Self::from_bytes(block_status_chunk(handle, context, descriptors))
     }
 
-    /// Keep `permits` until this frame has been written.
-    pub fn holding(mut self, permits: Vec<OwnedSemaphorePermit>) -> Self {
-        self.permits = permits;
+    /// Keep `permit` until this frame has been written.
+    pub fn holding(mut self, permit: Permit) -> Self {
+        self.permit = Some(permit);
         self
     }
 
-    async fn write_to<W: AsyncWrite + Unpin>(&self, out: &mut W) -> io::Result<()> {
+    /// Append this frame's bytes, in wire order, to `out`.
+    pub fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) {
         for part in &self.parts {
-            match part {
-                Part::Bytes(bytes) => out.write_all(bytes).await?,
-                Part::Data(range) => out.write_all(&self.data[range.clone()]).await?,
-            }
+            out.push(IoSlice::new(match part {
+                Part::Bytes(bytes) => bytes,
+                Part::Data(range) => &self.data[range.clone()],
+            }));
         }
-        Ok(())
+    }
+
+    /// Bytes this frame puts on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                Part::Bytes(bytes) => bytes.len(),
+                Part::Data(range) => range.len(),
+            })
+            .sum()
+    }
+
+    /// The read buffer this frame carried (for reuse), releasing its permit.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
     }
 }
 
@@ -147,24 +161,6 @@ pub(crate) fn content_runs(offset: u64, data: &[u8]) -> Vec<ContentRun> {
         pos = piece_end;
     }
     runs
-}
-
-/// Write queued frames until every sender is gone, batching whatever is
-/// ready into one flush.
-pub(crate) async fn write_replies<W: AsyncWrite + Unpin>(
-    writer: W,
-    mut frames: mpsc::UnboundedReceiver<ReplyFrame>,
-) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, writer);
-    while let Some(frame) = frames.recv().await {
-        frame.write_to(&mut out).await?;
-        drop(frame);
-        while let Ok(frame) = frames.try_recv() {
-            frame.write_to(&mut out).await?;
-        }
-        out.flush().await?;
-    }
-    out.shutdown().await
 }
 
 #[cfg(test)]
@@ -201,13 +197,20 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn structured_read_marks_only_the_last_chunk_done() {
+    fn wire(frame: &ReplyFrame) -> Vec<u8> {
+        let mut slices = Vec::new();
+        frame.slices(&mut slices);
+        let wire: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(wire.len(), frame.wire_len());
+        wire
+    }
+
+    #[test]
+    fn structured_read_marks_only_the_last_chunk_done() {
         let mut data = vec![0u8; 8192];
         data[5000] = 9;
         let frame = ReplyFrame::structured_read(3, 0, data, false);
-        let mut wire = Vec::new();
-        frame.write_to(&mut wire).await.unwrap();
+        let wire = wire(&frame);
         // hole chunk (32 bytes), then data chunk header (28) + 4096 bytes.
         assert_eq!(wire.len(), 32 + 28 + 4096);
         assert_eq!(&wire[4..8], &[0, 0, 0, 2], "first chunk: hole, not done");
@@ -216,20 +219,18 @@ mod tests {
         assert_eq!(wire[32 + 28 + 5000 - 4096], 9);
     }
 
-    #[tokio::test]
-    async fn an_unfragmented_read_is_a_single_data_chunk() {
+    #[test]
+    fn an_unfragmented_read_is_a_single_data_chunk() {
         let frame = ReplyFrame::structured_read(3, 0, vec![0u8; 8192], true);
-        let mut wire = Vec::new();
-        frame.write_to(&mut wire).await.unwrap();
+        let wire = wire(&frame);
         assert_eq!(wire.len(), 28 + 8192);
         assert_eq!(&wire[4..8], &[0, 1, 0, 1]);
     }
 
-    #[tokio::test]
-    async fn simple_read_is_header_then_data() {
+    #[test]
+    fn simple_read_is_header_then_data() {
         let frame = ReplyFrame::simple_read(0xabcd, vec![7u8; 10]);
-        let mut wire = Vec::new();
-        frame.write_to(&mut wire).await.unwrap();
+        let wire = wire(&frame);
         assert_eq!(&wire[..4], &0x6744_6698u32.to_be_bytes());
         assert_eq!(&wire[4..8], &[0; 4]);
         assert_eq!(&wire[8..16], &0xabcdu64.to_be_bytes());

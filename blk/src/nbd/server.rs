@@ -351,14 +351,8 @@ impl Acceptor {
 impl Stream {
     async fn serve(self, peer: String, exports: Arc<ExportTable>, stop: watch::Receiver<bool>) {
         match self {
-            Stream::Unix(stream) => {
-                let (r, w) = stream.into_split();
-                serve_connection(r, w, peer, exports, stop).await;
-            }
-            Stream::Tcp(stream) => {
-                let (r, w) = stream.into_split();
-                serve_connection(r, w, peer, exports, stop).await;
-            }
+            Stream::Unix(stream) => serve_connection(stream, peer, exports, stop).await,
+            Stream::Tcp(stream) => serve_connection(stream, peer, exports, stop).await,
         }
     }
 }

@@ -1,10 +1,14 @@
-//! The transmission phase: the command loop of one connection.
+//! The transmission phase: the command loop of one connection, on a
+//! thread of its own with blocking reads (see `socket` for why).
 //!
 //! The loop reads one 28-byte request at a time, checks it completely
 //! ([`plan`]: magic, type, flags, length limits, range, read-only,
-//! negotiated features) before reading any payload, and hands valid work to
-//! the blocking thread pool. Requests run concurrently and complete out of
-//! order; their replies go through one writer task. At most
+//! negotiated features) before reading any payload, and then serves it:
+//! small plain reads and writes (a copy in or out of memory) right there,
+//! everything else (large transfers, flush, FUA, trim, block status) on the
+//! connection's workers. Requests complete out of order. The replies of
+//! requests served on the thread are written together, one `writev`, once
+//! the requests the client already sent are served. At most
 //! [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] of payload are in
 //! flight (including replies waiting to be written), so a client that
 //! pipelines hard, or stops reading, only stalls itself.
@@ -12,20 +16,21 @@
 //! Flush and FUA go straight to the shared device, whose flush covers every
 //! write completed on any connection: that is what multi-conn needs.
 
-use std::io;
+use std::io::{self, BufReader, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
 use super::handshake::Session;
+use super::link::Link;
 use super::proto::{
     Command, RequestHeader, BASE_ALLOCATION_ID, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE,
     CMD_FLAG_REQ_ONE, EINVAL, ENOSPC, EPERM, MAX_PAYLOAD, REQUEST_MAGIC, STATE_HOLE, STATE_ZERO,
 };
-use super::reply::{write_replies, ReplyFrame};
+use super::reply::ReplyFrame;
+use super::workers::Workers;
 use crate::device::{BlockDevice, DeviceError, Extent, MAX_EXTENTS};
 
 /// Most requests one connection may have in flight.
@@ -34,9 +39,17 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// connection may hold.
 pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Payload budget granularity.
-const BUDGET_UNIT: usize = 4096;
+pub(crate) const BUDGET_UNIT: usize = 4096;
 /// How long a closing connection waits for its replies to drain.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of one request header.
+const REQUEST_LEN: usize = 28;
+/// Read buffer of one connection: request headers and small writes are
+/// taken from it without a system call each.
+const READ_BUFFER: usize = 64 * 1024;
+/// Reply bytes served on the connection's thread that are sent at once
+/// rather than batched further.
+const PENDING_MAX: usize = 512 * 1024;
 
 /// Signals that end a connection gracefully: its listener stopping, or its
 /// export being removed.
@@ -176,41 +189,45 @@ pub(crate) fn plan(shape: &Shape, command: Command, flags: u16, offset: u64, len
     Plan::Execute(op)
 }
 
-/// Run the transmission phase until the client leaves, breaks the
-/// protocol, or `stop` is raised; in-flight requests are always answered
-/// (within the drain timeout) before returning.
-pub(crate) async fn transmit<R, W>(
-    mut reader: R,
-    writer: W,
-    session: Session,
-    mut stop: StopSignal,
-) -> Result<Ending, TransmissionError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
+/// Run the transmission phase on the calling (dedicated, blocking) thread
+/// until the client leaves, breaks the protocol, or the link is stopped;
+/// in-flight requests are always answered (within the drain timeout)
+/// before returning. `leftover` is what the handshake read past its end.
+pub(crate) fn transmit(
+    link: &Arc<Link>,
+    leftover: Vec<u8>,
+    session: &Session,
+) -> Result<Ending, TransmissionError> {
     let shape = Shape {
         size: session.export.device.size(),
         read_only: session.export.read_only,
         structured: session.structured,
         block_status: session.block_status,
     };
-    let device = Arc::clone(&session.export.device);
-    let (frames, queue) = mpsc::unbounded_channel();
-    let mut writer_task = tokio::spawn(write_replies(writer, queue));
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES / BUDGET_UNIT));
+    let device = &session.export.device;
+    let mut reader =
+        BufReader::with_capacity(READ_BUFFER, io::Cursor::new(leftover).chain(&link.socket));
+    let workers = Workers::new();
+    // Replies of requests served here, written in one batch when the
+    // requests the client already sent are served: never held across a
+    // read that could block.
+    let mut pending = Pending::default();
 
     let outcome: Result<Option<Ending>, TransmissionError> = loop {
-        let mut raw = [0u8; 28];
-        let got = tokio::select! {
-            biased;
-            _ = stop.wait() => break Ok(Some(Ending::Stopped)),
-            _ = frames.closed() => break Ok(None),
-            got = read_request(&mut reader, &mut raw) => got,
-        };
-        match got {
+        if link.stopping() {
+            break Ok(Some(Ending::Stopped));
+        }
+        if link.broken().is_some() {
+            break Ok(None);
+        }
+        if reader.buffer().len() < REQUEST_LEN && pending.send(link).is_err() {
+            break Ok(None);
+        }
+        let mut raw = [0u8; REQUEST_LEN];
+        match read_request(&mut reader, &mut raw) {
             Ok(true) => {}
+            // Stopping shuts the read side: the end it causes is ours.
+            _ if link.stopping() => break Ok(Some(Ending::Stopped)),
             Ok(false) => break Ok(Some(Ending::ClientClosed)),
             Err(e) => break Err(e.into()),
         }
@@ -221,90 +238,125 @@ where
         let command = Command::from_wire(header.kind.get());
         let (handle, offset, len) = (header.handle.get(), header.offset.get(), header.length.get());
         let plan = plan(&shape, command, header.flags.get(), offset, len);
-        if plan == Plan::Disconnect {
-            break Ok(Some(Ending::Disconnected));
-        }
-        let units = match plan {
+        let units = match &plan {
+            Plan::Disconnect => break Ok(Some(Ending::Disconnected)),
             Plan::Execute(Op::Read { len, .. } | Op::Write { len, .. }) => {
-                (len as usize).div_ceil(BUDGET_UNIT).max(1)
+                (*len as usize).div_ceil(BUDGET_UNIT)
             }
             _ => 1,
         };
-        let permits = tokio::select! {
-            biased;
-            _ = stop.wait() => break Ok(Some(Ending::Stopped)),
-            permits = acquire(&in_flight, &budget, units) => permits,
+        let permit = match link.budget.try_acquire(units) {
+            Some(permit) => permit,
+            None => {
+                // Waiting for replies to go out: send ours first.
+                if pending.send(link).is_err() {
+                    break Ok(None);
+                }
+                match link.budget.acquire(units) {
+                    Some(permit) => permit,
+                    None if link.stopping() => break Ok(Some(Ending::Stopped)),
+                    None => break Ok(None),
+                }
+            }
         };
-        match plan {
+        let structured = shape.structured;
+        let op = match plan {
+            Plan::Execute(op) => op,
+            Plan::Disconnect => break Ok(Some(Ending::Disconnected)),
             Plan::Reject { error, message } => {
                 tracing::debug!(handle, ?command, offset, len, error, %message, "NBD request refused");
+                let frame = ReplyFrame::error(handle, error, &message, structured).holding(permit);
                 if command == Command::Write {
                     if len > MAX_PAYLOAD {
-                        let frame = ReplyFrame::error(handle, error, &message, shape.structured);
-                        let _ = frames.send(frame.holding(permits));
+                        pending.push(frame);
                         break Err(TransmissionError::WriteTooLarge(len));
                     }
-                    if let Err(e) = discard(&mut reader, len).await {
+                    if reader.buffer().len() < len as usize && pending.send(link).is_err() {
+                        break Ok(None);
+                    }
+                    if let Err(e) = discard(&mut reader, len) {
                         break Err(e.into());
                     }
                 }
-                let frame = ReplyFrame::error(handle, error, &message, shape.structured);
-                let _ = frames.send(frame.holding(permits));
+                pending.push(frame);
+                continue;
             }
-            Plan::Execute(op) => {
-                let payload = match op {
-                    Op::Write { len, .. } => match read_payload(&mut reader, len).await {
-                        Ok(payload) => payload,
-                        Err(e) => break Err(e.into()),
-                    },
-                    _ => Vec::new(),
-                };
-                let structured = shape.structured;
-                if runs_inline(op) {
-                    // Small plain reads and writes are a copy in and out of
-                    // memory: cheaper here than a hop to the blocking pool.
-                    let frame = execute_guarded(&*device, op, &payload, handle, structured);
-                    let _ = frames.send(frame.holding(permits));
-                    continue;
-                }
-                let device = Arc::clone(&device);
-                let frames = frames.clone();
-                tokio::task::spawn_blocking(move || {
-                    let frame = execute_guarded(&*device, op, &payload, handle, structured);
-                    let _ = frames.send(frame.holding(permits));
-                });
+        };
+        let mut payload = Vec::new();
+        if let Op::Write { len, .. } = op {
+            let len = len as usize;
+            payload = link.buffers.take(len);
+            if reader.buffer().len() < len && pending.send(link).is_err() {
+                break Ok(None);
             }
-            Plan::Disconnect => break Ok(Some(Ending::Disconnected)),
+            if let Err(e) = reader.read_exact(&mut payload) {
+                break Err(e.into());
+            }
         }
+        if runs_inline(op) {
+            let frame = execute_guarded(&**device, link, op, &payload, handle, structured);
+            link.buffers.give_back(payload);
+            pending.push(frame.holding(permit));
+            if pending.bytes >= PENDING_MAX && pending.send(link).is_err() {
+                break Ok(None);
+            }
+            continue;
+        }
+        let (device, worker_link) = (Arc::clone(device), Arc::clone(link));
+        workers.submit(move || {
+            let link = worker_link;
+            let frame = execute_guarded(&*device, &link, op, &payload, handle, structured);
+            link.buffers.give_back(payload);
+            // A failed write breaks the link; the connection's thread sees it.
+            let _ = link.send_one(frame.holding(permit));
+        });
     };
 
     // Let in-flight requests finish and their replies go out.
-    drop(frames);
-    let written = match tokio::time::timeout(DRAIN_TIMEOUT, &mut writer_task).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(io::Error::other(join)),
-        Err(_) => {
-            writer_task.abort();
-            Err(io::Error::new(io::ErrorKind::TimedOut, "replies did not drain"))
-        }
-    };
+    let _ = pending.send(link);
+    drop(workers);
+    let drained = link.budget.wait_idle(DRAIN_TIMEOUT);
+    link.socket.close();
+    let broken = link.broken();
     match outcome {
-        Ok(Some(ending)) => {
-            written?;
-            Ok(ending)
+        Ok(Some(_)) if !drained => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "replies did not drain").into())
         }
-        // The writer stopped first: report why.
-        Ok(None) => Err(written.err().unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()).into()),
+        Ok(Some(ending)) => match broken {
+            Some(e) => Err(e.into()),
+            None => Ok(ending),
+        },
+        // Writing a reply failed first: report why.
+        Ok(None) => Err(broken.unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()).into()),
         Err(e) => Err(e),
     }
 }
 
-/// Read one request header; false on a clean end of stream before it.
-/// Largest read or write served on the connection's own task.
-const INLINE_MAX: u32 = 32 * 1024;
+/// Replies written together once the requests at hand are served.
+#[derive(Default)]
+struct Pending {
+    frames: Vec<ReplyFrame>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn push(&mut self, frame: ReplyFrame) {
+        self.bytes += frame.wire_len();
+        self.frames.push(frame);
+    }
+
+    fn send(&mut self, link: &Link) -> io::Result<()> {
+        self.bytes = 0;
+        link.send(&mut self.frames)
+    }
+}
+
+/// Largest read or write served on the connection's own thread; larger
+/// ones go to its workers so that copying them overlaps with the socket.
+const INLINE_MAX: u32 = 128 * 1024;
 
 /// Whether `op` is small enough, and free of durability work, to run on the
-/// connection's task instead of the blocking pool.
+/// connection's thread instead of a worker.
 fn runs_inline(op: Op) -> bool {
     match op {
         Op::Read { len, .. } | Op::Write { len, fua: false, .. } => len <= INLINE_MAX,
@@ -312,13 +364,15 @@ fn runs_inline(op: Op) -> bool {
     }
 }
 
-async fn read_request<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    raw: &mut [u8; 28],
-) -> io::Result<bool> {
+/// Read one request header; false on a clean end of stream before it.
+fn read_request<R: Read>(reader: &mut R, raw: &mut [u8; REQUEST_LEN]) -> io::Result<bool> {
     let mut filled = 0;
     while filled < raw.len() {
-        let n = reader.read(&mut raw[filled..]).await?;
+        let n = match reader.read(&mut raw[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             if filled == 0 {
                 return Ok(false);
@@ -330,56 +384,26 @@ async fn read_request<R: AsyncRead + Unpin>(
     Ok(true)
 }
 
-/// Read exactly `len` payload bytes into a buffer allocated once.
-async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<Vec<u8>> {
-    let len = len as usize;
-    let mut data = Vec::with_capacity(len);
-    while data.len() < len {
-        let remaining = (len - data.len()) as u64;
-        if (&mut *reader).take(remaining).read_buf(&mut data).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    Ok(data)
-}
-
 /// Skip the payload of a refused write without buffering it.
-async fn discard<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<()> {
-    let copied =
-        tokio::io::copy(&mut (&mut *reader).take(u64::from(len)), &mut tokio::io::sink()).await?;
+fn discard<R: Read>(reader: &mut R, len: u32) -> io::Result<()> {
+    let copied = io::copy(&mut reader.take(u64::from(len)), &mut io::sink())?;
     if copied < u64::from(len) {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(())
 }
 
-async fn acquire(
-    in_flight: &Arc<Semaphore>,
-    budget: &Arc<Semaphore>,
-    units: usize,
-) -> Vec<OwnedSemaphorePermit> {
-    // Neither semaphore is ever closed, so acquiring cannot fail; an error
-    // would only mean no permit, which the caller never relies on.
-    let mut permits = Vec::with_capacity(2);
-    if let Ok(p) = Arc::clone(in_flight).acquire_owned().await {
-        permits.push(p);
-    }
-    if let Ok(p) = Arc::clone(budget).acquire_many_owned(units as u32).await {
-        permits.push(p);
-    }
-    permits
-}
-
 /// [`execute`], with a panicking device answered as an I/O error instead of
 /// taking the connection down.
 fn execute_guarded(
     device: &dyn BlockDevice,
+    link: &Link,
     op: Op,
     payload: &[u8],
     handle: u64,
     structured: bool,
 ) -> ReplyFrame {
-    let run = || execute(device, op, payload, handle, structured);
+    let run = || execute(device, link, op, payload, handle, structured);
     catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
         tracing::error!(handle, ?op, "block device panicked serving an NBD request");
         let failure = DeviceError::Io(io::Error::other("device panicked"));
@@ -390,6 +414,7 @@ fn execute_guarded(
 /// Perform one validated request on the device and build its reply.
 fn execute(
     device: &dyn BlockDevice,
+    link: &Link,
     op: Op,
     payload: &[u8],
     handle: u64,
@@ -398,14 +423,15 @@ fn execute(
     let done = || ReplyFrame::simple(handle, 0);
     let result = match op {
         Op::Read { offset, len, df } => {
-            let mut data = vec![0u8; len as usize];
-            device.read_at(offset, &mut data).map(|()| {
-                if structured {
-                    ReplyFrame::structured_read(handle, offset, data, df)
-                } else {
-                    ReplyFrame::simple_read(handle, data)
+            let mut data = link.buffers.take(len as usize);
+            match device.read_at(offset, &mut data) {
+                Ok(()) if structured => Ok(ReplyFrame::structured_read(handle, offset, data, df)),
+                Ok(()) => Ok(ReplyFrame::simple_read(handle, data)),
+                Err(e) => {
+                    link.buffers.give_back(data);
+                    Err(e)
                 }
-            })
+            }
         }
         Op::Write { offset, fua, .. } => device.write_at(offset, payload, fua).map(|()| done()),
         Op::Flush => device.flush().map(|()| done()),

@@ -133,7 +133,9 @@ impl Drop for GateGuard {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.in_flight -= 1;
-        if state.in_flight == 0 {
+        // Only `close` waits, and only once it has closed the gate: no
+        // wake-up (a futex call) for every request while the gate is open.
+        if state.in_flight == 0 && state.closed {
             self.shared.idle.notify_all();
         }
     }

@@ -31,21 +31,6 @@ pub fn default_swap_path(pool: &Path) -> PathBuf {
     }
 }
 
-#[cfg(test)]
-mod default_swap_tests {
-    use super::*;
-
-    #[test]
-    fn the_swap_goes_beside_a_pool_file_even_under_dev_and_not_beside_a_device() {
-        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
-        let pool = dir.path().join("test.pool");
-        std::fs::write(&pool, b"").unwrap();
-        assert_eq!(default_swap_path(&pool), dir.path().join("test.pool.swap"));
-        let device = default_swap_path(Path::new("/dev/null"));
-        assert_eq!(device, crate::paths::state_dir().join("null.swap"));
-    }
-}
-
 impl BlockRegions {
     /// Open every block region of `pool`, with the swap tier at `swap_path`
     /// (created on demand).
@@ -99,5 +84,20 @@ impl BlockRegions {
             region.release_swap();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod default_swap_tests {
+    use super::*;
+
+    #[test]
+    fn the_swap_goes_beside_a_pool_file_even_under_dev_and_not_beside_a_device() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let pool = dir.path().join("test.pool");
+        std::fs::write(&pool, b"").unwrap();
+        assert_eq!(default_swap_path(&pool), dir.path().join("test.pool.swap"));
+        let device = default_swap_path(Path::new("/dev/null"));
+        assert_eq!(device, crate::paths::state_dir().join("null.swap"));
     }
 }

@@ -11,3 +11,5 @@ pub mod daemon;
 pub mod fs;
 pub mod gate;
 pub mod paths;
+pub mod pod;
+pub mod vm;

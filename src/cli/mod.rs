@@ -12,10 +12,12 @@ pub mod client;
 pub mod export;
 pub mod fs;
 pub mod output;
+pub mod pod;
 pub mod pool;
 pub mod region;
 pub mod route;
 pub mod size;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,7 +66,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: own the pool and serve the control API
-    Serve,
+    Serve {
+        /// Also watch this power-outage source: sysfs:PATH (fires when the
+        /// attribute reads 0, e.g. sysfs:/sys/class/power_supply/AC/online)
+        /// or file:PATH (a file or FIFO); SIGPWR is always watched
+        #[arg(long = "pod-source", value_name = "SOURCE")]
+        pod_source: Vec<crate::pod::PodSource>,
+        /// Time from a power-outage trigger to the fence (e.g. 50ms)
+        #[arg(long = "pod-budget", value_name = "TIME", default_value = "50ms",
+              value_parser = pod::parse_budget)]
+        pod_budget: std::time::Duration,
+    },
+    /// The power-outage sequence (POD): trigger, cancel, status
+    #[command(subcommand)]
+    Pod(pod::PodCommand),
     /// Create, inspect and check pools
     #[command(subcommand)]
     Pool(pool::PoolCommand),
@@ -77,6 +92,9 @@ pub enum Command {
     /// RvmFS filesystems in fs regions: create, mount, umount, list, check
     #[command(subcommand)]
     Fs(fs::FsCommand),
+    /// Persistent VMs whose RAM lives in the pool: create, start, save, resume, stop, register, list
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
     /// Install the mount helper (/sbin/mount.fuse.rvmfs) so `mount -t fuse.rvmfs` and fstab work
     Install {
         /// Install under this directory instead of / (the link goes to PREFIX/sbin)
@@ -162,9 +180,13 @@ fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&cli)?;
     match cli.command {
-        Command::Serve => {
+        Command::Serve { pod_source, pod_budget } => {
             init_logging(&settings, "info")?;
-            serve(&settings)?;
+            serve(&settings, pod_source, pod_budget)?;
+        }
+        Command::Pod(command) => {
+            init_logging(&settings, "warn")?;
+            pod::run(command, &settings)?;
         }
         Command::Pool(command) => {
             init_logging(&settings, "warn")?;
@@ -184,12 +206,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(&settings, level)?;
             fs::run(command, &settings)?;
         }
+        Command::Vm(command) => {
+            init_logging(&settings, "warn")?;
+            vm::run(command, &settings)?;
+        }
         Command::Install { prefix } => println!("{}", fs::install::install(&prefix)?),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(settings: &Settings) -> anyhow::Result<()> {
+fn serve(
+    settings: &Settings,
+    pod_sources: Vec<crate::pod::PodSource>,
+    pod_budget: std::time::Duration,
+) -> anyhow::Result<()> {
     let pool = route::open_pool_to_serve(settings)?;
     let pool_path = std::fs::canonicalize(settings.pool.path()).with_context(|| {
         format!("cannot resolve the pool path {}", settings.pool.path().display())
@@ -198,6 +228,8 @@ fn serve(settings: &Settings) -> anyhow::Result<()> {
         swap: settings.swap_path(&pool_path),
         pool_path,
         socket: settings.socket.clone(),
+        pod_sources,
+        pod_budget,
     };
     crate::daemon::serve(pool, options)
 }

@@ -61,6 +61,10 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// The swap tier file of block regions.
     pub swap: PathBuf,
+    /// Watched power-outage sources besides SIGPWR and the API.
+    pub pod_sources: Vec<crate::pod::PodSource>,
+    /// Time allowed from a power-outage trigger to the fence.
+    pub pod_budget: Duration,
 }
 
 /// Serve the control API and the exports of `pool` until SIGTERM or SIGINT.
@@ -74,11 +78,16 @@ pub fn serve(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
 }
 
 async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
-    let ServeOptions { pool_path, socket, swap } = options;
+    let ServeOptions { pool_path, socket, swap, pod_sources, pod_budget } = options;
     // Handlers first, so a signal right after the socket appears is handled.
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut power = signal(SignalKind::from_raw(libc::SIGPWR)).context("cannot watch SIGPWR")?;
 
+    // A fenced pool is lifted before anything writes to it.
+    let start = crate::pod::open_after_fence(&pool).map_err(|err| {
+        anyhow::anyhow!("cannot lift the power-outage fence of {}: {err}", pool_path.display())
+    })?;
     let pool = Arc::new(pool);
     let blocks = BlockRegions::open_file_swap(Arc::clone(&pool), &swap).map_err(|err| {
         anyhow::anyhow!(
@@ -92,28 +101,62 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(bound.listener.try_clone()?)
         .context("cannot hand the socket to the runtime")?;
 
+    let blocks = Arc::new(blocks);
     let mounts = Arc::new(FsMounts::new(Arc::clone(&pool)));
+    let metrics = Metrics::new();
+    let pod = Arc::new(crate::pod::Pod::new(
+        crate::pod::PodTargets {
+            pool: Arc::clone(&pool),
+            gate: Gate::new(),
+            mounts: Some(Arc::clone(&mounts)),
+            blocks: Some(Arc::clone(&blocks)),
+        },
+        pod_budget,
+        metrics.pod.clone(),
+    ));
     let nbd_dir = socket.parent().map_or_else(|| PathBuf::from("nbd"), |dir| dir.join("nbd"));
+    let vm_paths = crate::vm::VmPaths::for_daemon(&socket, &crate::paths::state_dir());
+    let vms = Arc::new(crate::vm::Vms::new(Arc::clone(&pool), vm_paths));
     let state = Arc::new(ApiState {
         pool: Arc::clone(&pool),
-        regions: Arc::new(
-            Regions::serving(pool, Arc::new(blocks)).with_mounts(Arc::clone(&mounts)),
-        ),
+        regions: Arc::new(Regions::serving(pool, blocks).with_mounts(Arc::clone(&mounts))),
         exports: Exports::new(),
         agents: Agents::new(),
         balancer: Balancer::load(balancer::settings_file(), &pool_path),
         mounts,
         nbd_dir,
         changes: tokio::sync::Mutex::new(()),
-        gate: Gate::new(),
-        metrics: Metrics::new(),
+        gate: pod.gate().clone(),
+        metrics,
         pool_path: pool_path.clone(),
         socket: socket.clone(),
+        pod: Arc::clone(&pod),
+        vms,
     });
+    crate::pod::report_start(&pod, start, &pool_path);
     restore_exports(&state).await;
     restore_agents(&state).await;
     restore_mounts(&state).await;
+    api::vms::adopt_running(&state).await;
     let balancing = tokio::spawn(Balancer::run(Arc::clone(&state)));
+    for source in &pod_sources {
+        let watched = Arc::clone(&pod);
+        source
+            .watch(move |trigger| drop(watched.fence(trigger)))
+            .with_context(|| format!("cannot watch the POD source {source}"))?;
+        pod.add_source(source);
+        tracing::info!("watching {source} for power outages");
+    }
+    let sigpwr = {
+        let pod = Arc::clone(&pod);
+        tokio::spawn(async move {
+            while power.recv().await.is_some() {
+                let trigger = crate::pod::Trigger::now("SIGPWR");
+                let pod = Arc::clone(&pod);
+                tokio::task::spawn_blocking(move || drop(pod.fence(trigger)));
+            }
+        })
+    };
     let app = api::router(Arc::clone(&state));
     tracing::info!(
         pool = %pool_path.display(),
@@ -134,6 +177,15 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
         .context("the control API stopped")?;
 
     balancing.abort();
+    sigpwr.abort();
+    if pod.is_fenced() {
+        // Nothing more may reach the pool, and filesystem requests are held:
+        // stop serving and leave the fence for the next start.
+        state.exports.stop_all().await;
+        bound.remove();
+        tracing::warn!(pool = %pool_path.display(), "stopped while fenced; the next start opens the pool from its fence");
+        std::process::exit(0);
+    }
     state.exports.stop_all().await;
     state.agents.stop_all();
     let regions = Arc::clone(&state.regions);

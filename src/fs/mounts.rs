@@ -292,6 +292,23 @@ impl FsMounts {
         Ok(())
     }
 
+    /// Hold (`true`) or let in again (`false`) every request on every
+    /// mount (power outage); requests already running finish.
+    pub fn pause_requests(&self, pause: bool) {
+        for m in self.lock().values() {
+            if pause {
+                m.handle.fs().pause_requests();
+            } else {
+                m.handle.fs().resume_requests();
+            }
+        }
+    }
+
+    /// How many filesystems are mounted.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Unmount everything (shutdown), committing each; mounts stay
     /// remembered so the next daemon mounts them again.
     pub fn shutdown(&self) {

@@ -77,6 +77,8 @@ struct State {
     persist_points: usize,
     crash_at: Option<usize>,
     crashed: bool,
+    /// Fenced: writes are refused.
+    protected: bool,
 }
 
 /// The crash-simulating medium.
@@ -107,6 +109,7 @@ impl CrashMedia {
                 persist_points: 0,
                 crash_at: None,
                 crashed: false,
+                protected: false,
             }),
             granularity,
         }
@@ -202,6 +205,9 @@ impl Media for CrashMedia {
             return Err(crashed());
         }
         check_bounds(st.live.len() as u64, offset, data.len() as u64)?;
+        if st.protected {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the medium is fenced"));
+        }
         st.live[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         st.dirty.insert(offset, data.len() as u64);
         Ok(())
@@ -256,6 +262,29 @@ impl Media for CrashMedia {
         Ok(())
     }
 
+    fn flush_dirty(&self) -> io::Result<u64> {
+        let mut st = self.state.lock().expect("crash media lock");
+        if st.crashed {
+            return Err(crashed());
+        }
+        let dirty: Vec<(u64, u64)> = st.dirty.iter().collect();
+        let mut bytes = 0;
+        for (s, l) in dirty {
+            st.flushed.insert(s, l);
+            bytes += l;
+        }
+        Ok(bytes)
+    }
+
+    fn protect(&self, read_only: bool) -> io::Result<()> {
+        let mut st = self.state.lock().expect("crash media lock");
+        if st.crashed {
+            return Err(crashed());
+        }
+        st.protected = read_only;
+        Ok(())
+    }
+
     fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
         const CHUNK: u64 = 1 << 16;
         let zeros = vec![0u8; CHUNK.min(len) as usize];
@@ -272,6 +301,9 @@ impl Media for CrashMedia {
         let st = self.state.lock().expect("crash media lock");
         if st.crashed {
             return Err(crashed());
+        }
+        if st.protected {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the medium is fenced"));
         }
         check_bounds(st.live.len() as u64, offset, len)
     }

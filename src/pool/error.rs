@@ -119,6 +119,13 @@ pub enum PoolError {
     ReadOnly { path: PathBuf },
 
     #[error(
+        "pool {} is fenced after a power outage; nothing may change it until `pmvisor pod \
+         cancel` lifts the fence or the daemon restarts",
+        path.display()
+    )]
+    Fenced { path: PathBuf },
+
+    #[error(
         "invalid region name {name:?}: {reason}; names are 1 to 64 letters, digits and \
          . _ - : @ +"
     )]
@@ -205,7 +212,7 @@ impl PoolError {
             | CannotGrowInPlace { .. }
             | TooFragmented { .. }
             | MetadataFull { .. } => ErrorKind::NoSpace,
-            LockedBy { .. } | Locked { .. } => ErrorKind::Busy,
+            LockedBy { .. } | Locked { .. } | Fenced { .. } => ErrorKind::Busy,
             NotAPool { .. }
             | BothSuperblocksBad { .. }
             | Truncated { .. }

@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::FallocateFlags;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::dirty::DirtyMap;
 use super::error::{PoolError, Result};
 use super::media::{check_bounds, check_disjoint, Media, MediaKind};
 use super::sys;
@@ -34,6 +37,10 @@ pub struct MappedMedia {
     len: u64,
     kind: MediaKind,
     writable: bool,
+    /// What was written since it was last flushed.
+    dirty: DirtyMap,
+    /// Fenced: every change is refused and the mapping is read-only.
+    protected: AtomicBool,
 }
 
 // SAFETY: `base` points into `mapping`, owned by this struct; the mapping is
@@ -169,7 +176,9 @@ impl MappedMedia {
                 m.as_ptr()
             }
         };
-        Ok(MappedMedia { path, file, mapping, base, len, kind, writable })
+        let dirty = DirtyMap::new(len);
+        let protected = AtomicBool::new(false);
+        Ok(MappedMedia { path, file, mapping, base, len, kind, writable, dirty, protected })
     }
 
     /// The path this medium was opened from.
@@ -182,10 +191,25 @@ impl MappedMedia {
     }
 
     fn check_writable(&self) -> io::Result<()> {
-        if self.writable {
-            Ok(())
-        } else {
+        if !self.writable {
             Err(io::Error::new(io::ErrorKind::PermissionDenied, "the pool is mapped read-only"))
+        } else if self.protected.load(Ordering::Acquire) {
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, "the pool is fenced (read-only)"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Write back `offset..offset+len` (bounds already checked).
+    fn write_back(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.cache_flushed() {
+            // SAFETY: the caller checked the bounds.
+            unsafe { sys::write_back_lines(self.base, offset, len) };
+            return Ok(());
+        }
+        match &self.mapping {
+            Mapping::Mmap(m) => m.flush_range(offset as usize, len as usize),
+            Mapping::Sync(_) => Ok(()),
         }
     }
 }
@@ -238,6 +262,7 @@ impl Media for MappedMedia {
         // SAFETY: bounds checked above; the mapping is writable and lives as
         // long as self.
         unsafe { sys::copy_in(self.base, offset, data) };
+        self.dirty.mark(offset, data.len() as u64);
         Ok(())
     }
 
@@ -246,15 +271,38 @@ impl Media for MappedMedia {
         if len == 0 || !self.writable {
             return Ok(());
         }
-        if self.cache_flushed() {
-            // SAFETY: bounds checked above.
-            unsafe { sys::write_back_lines(self.base, offset, len) };
+        self.dirty.clear(offset, len);
+        self.write_back(offset, len)
+    }
+
+    fn flush_dirty(&self) -> io::Result<u64> {
+        if !self.writable {
+            return Ok(0);
+        }
+        let mut bytes = 0;
+        for (offset, len) in self.dirty.take() {
+            self.write_back(offset, len)?;
+            bytes += len;
+        }
+        Ok(bytes)
+    }
+
+    fn protect(&self, read_only: bool) -> io::Result<()> {
+        if !self.writable {
             return Ok(());
         }
-        match &self.mapping {
-            Mapping::Mmap(m) => m.flush_range(offset as usize, len as usize),
-            Mapping::Sync(_) => Ok(()),
+        if read_only {
+            self.protected.store(true, Ordering::Release);
         }
+        // SAFETY: `base..base+len` is exactly our live mapping. Writers go
+        // through `check_writable`, which refuses from the store above on;
+        // the pool's users have drained their writes (the gate) before the
+        // fence, so no store is under way when the mapping turns read-only.
+        unsafe { sys::protect_mapping(self.base, self.len as usize, !read_only) }?;
+        if !read_only {
+            self.protected.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 
     fn barrier(&self) -> io::Result<()> {
@@ -324,6 +372,7 @@ impl Media for MappedMedia {
         // SAFETY: both ranges are inside the live, writable mapping and do
         // not overlap (checked above).
         unsafe { sys::copy_within(self.base, from, to, len) };
+        self.dirty.mark(to, len);
         Ok(())
     }
 
@@ -342,7 +391,11 @@ impl Media for MappedMedia {
         }
         // SAFETY: every range is inside the live, writable mapping (checked
         // above).
-        unsafe { sys::read_ranges(file.as_fd(), self.base, ranges, at) }
+        let read = unsafe { sys::read_ranges(file.as_fd(), self.base, ranges, at) };
+        for &(offset, len) in ranges {
+            self.dirty.mark(offset, len);
+        }
+        read
     }
 }
 
@@ -400,6 +453,38 @@ mod tests {
         back.read(len - 8192, &mut tail).unwrap();
         assert_eq!(tail[..100], ba[ba.len() - 100..]);
         assert!(tail[100..].iter().all(|&b| b == 0), "past the end of the file reads zeros");
+    }
+
+    #[test]
+    fn flush_dirty_writes_back_only_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapped = MappedMedia::create_file(&dir.path().join("m"), 16 << 20).unwrap();
+        assert_eq!(mapped.flush_dirty().unwrap(), 0);
+        mapped.write(5 << 20, &[1; 100]).unwrap();
+        mapped.copy(5 << 20, 9 << 20, 100).unwrap();
+        assert_eq!(mapped.flush_dirty().unwrap(), 2 * mapped.dirty.chunk_size());
+        mapped.write(0, &[1; 100]).unwrap();
+        mapped.persist(0, 65536).unwrap();
+        assert_eq!(mapped.flush_dirty().unwrap(), 0, "a persist already covered it");
+    }
+
+    #[test]
+    fn a_protected_medium_refuses_writes_until_unprotected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapped = MappedMedia::create_file(&dir.path().join("m"), 1 << 20).unwrap();
+        mapped.write(0, &[7; 16]).unwrap();
+        mapped.protect(true).unwrap();
+        let refused = mapped.write(0, &[8; 16]).unwrap_err();
+        assert_eq!(refused.to_string(), "the pool is fenced (read-only)");
+        assert!(mapped.copy(0, 4096, 16).is_err());
+        assert!(mapped.zero(0, 4096).is_err());
+        let mut back = [0u8; 16];
+        mapped.read(0, &mut back).unwrap();
+        assert_eq!(back, [7; 16], "reads still work and nothing changed");
+        mapped.protect(false).unwrap();
+        mapped.write(0, &[8; 16]).unwrap();
+        mapped.read(0, &mut back).unwrap();
+        assert_eq!(back, [8; 16]);
     }
 
     #[test]

@@ -84,6 +84,23 @@ pub trait Media: Send + Sync + fmt::Debug {
         self.barrier()
     }
 
+    /// Start making every byte written since it was last flushed durable
+    /// (durable at the next [`barrier`](Media::barrier)), and say how many
+    /// bytes that covered. A medium that tracks what was written flushes
+    /// only that; the default flushes everything.
+    fn flush_dirty(&self) -> io::Result<u64> {
+        self.flush(0, self.len())?;
+        Ok(self.len())
+    }
+
+    /// Refuse (`true`) or allow again (`false`) every change to the medium:
+    /// the power-outage fence. A mapped medium also makes its mapping
+    /// read-only, so that no store at all can reach the pool.
+    fn protect(&self, read_only: bool) -> io::Result<()> {
+        let _ = read_only;
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this medium cannot be made read-only"))
+    }
+
     /// Make a range read as zeros, durably, with its storage reserved so
     /// that later writes cannot fail for lack of space (file media punch a
     /// hole and allocate it again; devices write zeros).

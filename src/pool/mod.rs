@@ -40,8 +40,10 @@ mod check;
 mod checkpoint;
 pub mod crash;
 mod data;
+mod dirty;
 mod discard;
 mod error;
+pub mod fence;
 mod file_media;
 mod journal;
 mod media;
@@ -155,6 +157,8 @@ struct State {
     /// Set when a write to the medium failed mid-operation: the in-memory
     /// view may be ahead of the medium, so nothing more is written.
     failed: bool,
+    /// The power-outage fence (fence.rs).
+    fence: fence::Fence,
 }
 
 /// An open pool, exclusively locked. Methods take `&self`; metadata is
@@ -347,6 +351,9 @@ impl Pool {
             return Err(PoolError::ReadOnly { path: self.path.clone() });
         }
         let st = self.lock();
+        if st.fence.fenced {
+            return Err(PoolError::Fenced { path: self.path.clone() });
+        }
         if st.failed {
             return Err(PoolError::Io {
                 path: self.path.clone(),

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::catalog::Catalog;
 use super::discard::Discards;
+use super::fence;
 use super::journal::{self, Tail};
 use super::superblock::{self, Superblock, SuperblockFault, SUPERBLOCK_SIZE};
 use super::{checkpoint, Media, OpenMode, Pool, PoolError, Result, State, PAGE_SIZE};
@@ -60,12 +61,13 @@ impl Pool {
             })?;
             tracing::warn!(pool = %path.display(), "rewrote both superblock copies from the newest valid one");
         }
+        let fence = fence::Fence::from_open(fence::at_open(media.as_ref(), &sb, cursor.offset));
         Ok(Pool {
             path,
             discards: Discards::new(Arc::clone(&media)),
             media,
             writable: mode == OpenMode::ReadWrite,
-            state: Mutex::new(State { sb, catalog, cursor, failed: false }),
+            state: Mutex::new(State { fence, sb, catalog, cursor, failed: false }),
             open_problems: problems,
         })
     }

@@ -341,3 +341,22 @@ pub(crate) fn store_fence() {
     #[cfg(not(target_arch = "x86_64"))]
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
+
+/// Make the whole mapping `base..base+len` read-only (`writable == false`)
+/// or writable again.
+///
+/// # Safety
+/// `base..base+len` must be exactly a live shared mapping of this process,
+/// and no thread may be storing into it while it turns read-only (a store
+/// after that faults).
+pub(crate) unsafe fn protect_mapping(base: *mut u8, len: usize, writable: bool) -> io::Result<()> {
+    let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+    // SAFETY: the caller guarantees the range is a live mapping of ours;
+    // mprotect changes no memory contents.
+    let rc = unsafe { libc::mprotect(base.cast(), len, prot) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

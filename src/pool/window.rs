@@ -64,6 +64,17 @@ impl Media for MediaWindow {
         self.inner.barrier()
     }
 
+    /// The inner medium tracks what was written; a window flushes all of
+    /// its own range (windows are for tests).
+    fn flush_dirty(&self) -> io::Result<u64> {
+        self.inner.flush(self.base, self.len)?;
+        Ok(self.len)
+    }
+
+    fn protect(&self, read_only: bool) -> io::Result<()> {
+        self.inner.protect(read_only)
+    }
+
     fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
         check_bounds(self.len, offset, len)?;
         self.inner.zero(self.base + offset, len)

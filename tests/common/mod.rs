@@ -92,11 +92,17 @@ impl Sandbox {
 
     /// Start `pmvisor serve` with `args` and wait until it answers.
     pub fn serve(&self, args: &[&str]) -> Daemon {
+        self.serve_with(args, &[])
+    }
+
+    /// [`Sandbox::serve`] with `serve_args` after `serve` (its own flags).
+    pub fn serve_with(&self, args: &[&str], serve_args: &[&str]) -> Daemon {
         let log = self.path(&format!("serve-{}.log", rand::random::<u32>()));
         let mut cmd = StdCommand::cargo_bin("pmvisor").unwrap();
         self.env(&mut cmd);
         cmd.args(args)
             .arg("serve")
+            .args(serve_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap());

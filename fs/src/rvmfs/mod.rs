@@ -19,6 +19,7 @@
 //! operations); `commit` (commit points and the periodic committer);
 //! `check` (a consistency walk); `fuse` (the kernel adapter and mounting).
 
+mod admission;
 mod attributes;
 mod check;
 mod close_watch;
@@ -123,6 +124,8 @@ struct FsShared<S: PageStore> {
     running: Mutex<Running<S>>,
     signal: Mutex<CommitSignal>,
     signal_changed: Condvar,
+    /// Where requests wait while a power outage pauses them.
+    admission: admission::Admission,
 }
 
 /// The filesystem core over an RVM instance. Cheap to clone; shared between
@@ -215,6 +218,7 @@ impl<S: PageStore + 'static> RvmFs<S> {
                 }),
                 signal: Mutex::new(CommitSignal::default()),
                 signal_changed: Condvar::new(),
+                admission: admission::Admission::default(),
             }),
         };
         commit::start_committer(&fs);
@@ -243,6 +247,7 @@ impl<S: PageStore + 'static> RvmFs<S> {
         &self,
         op: impl FnOnce(&mut Ctx<'_, S>) -> FsResult<T>,
     ) -> FsResult<T> {
+        self.shared.admission.wait();
         let mut guard = self.lock();
         let running = &mut *guard;
         if running.tx.is_none() {

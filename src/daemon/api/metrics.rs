@@ -52,6 +52,8 @@ pub struct Metrics {
     agent_rejected_blocks: Family<Labels, Counter>,
     requests: Family<Labels, Counter>,
     gate_in_flight: Gauge,
+    /// The power-outage sequence's figures (updated by the POD coordinator).
+    pub pod: crate::pod::PodMetrics,
     /// Serializes scrapes so one cannot clear the region gauges while
     /// another encodes them.
     scrape: Mutex<()>,
@@ -88,6 +90,7 @@ impl Metrics {
             agent_rejected_blocks: Family::default(),
             requests: Family::default(),
             gate_in_flight: Gauge::default(),
+            pod: crate::pod::PodMetrics::default(),
             scrape: Mutex::new(()),
         };
         registry.register("pmvisor_pool_size_bytes", "Size of the pool", metrics.pool_size.clone());
@@ -178,6 +181,7 @@ impl Metrics {
             "Operations inside the I/O gate",
             metrics.gate_in_flight.clone(),
         );
+        metrics.pod.register(&mut registry);
         Metrics { registry, ..metrics }
     }
 

@@ -20,8 +20,10 @@ pub mod exports;
 pub mod fs;
 pub mod health;
 pub mod metrics;
+pub mod pod;
 pub mod pool;
 pub mod regions;
+pub mod vms;
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -71,6 +73,10 @@ pub struct ApiState {
     pub pool_path: PathBuf,
     /// The socket the daemon listens on.
     pub socket: PathBuf,
+    /// The power-outage coordinator.
+    pub pod: Arc<crate::pod::Pod>,
+    /// The persistent VMs that run.
+    pub vms: Arc<crate::vm::Vms>,
 }
 
 /// The shared state handed to handlers.
@@ -99,6 +105,17 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/fs/{name}/check", get(fs::check_fs))
         .route("/v1/mounts", get(fs::list_mounts).post(fs::mount))
         .route("/v1/mounts/{region}", axum::routing::delete(fs::unmount))
+        .route("/v1/pod", get(pod::get_pod))
+        .route("/v1/pod/trigger", post(pod::trigger_pod))
+        .route("/v1/pod/cancel", post(pod::cancel_pod))
+        .route("/v1/vms", get(vms::list_vms).post(vms::create_vm))
+        .route("/v1/vms/{name}", get(vms::get_vm).delete(vms::delete_vm))
+        .route("/v1/vms/{name}/start", post(vms::start_vm))
+        .route("/v1/vms/{name}/stop", post(vms::stop_vm))
+        .route("/v1/vms/{name}/save", post(vms::save_vm))
+        .route("/v1/vms/{name}/resume", post(vms::resume_vm))
+        .route("/v1/vms/{name}/register", post(vms::register_vm))
+        .route("/v1/vms/{name}/qemu-args", get(vms::get_qemu_args))
         .route("/metrics", get(metrics::get_metrics))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
@@ -332,6 +349,16 @@ mod tests {
         ("get", "/v1/mounts"),
         ("post", "/v1/mounts"),
         ("delete", "/v1/mounts/{region}"),
+        ("get", "/v1/vms"),
+        ("post", "/v1/vms"),
+        ("get", "/v1/vms/{name}"),
+        ("delete", "/v1/vms/{name}"),
+        ("post", "/v1/vms/{name}/start"),
+        ("post", "/v1/vms/{name}/stop"),
+        ("post", "/v1/vms/{name}/save"),
+        ("post", "/v1/vms/{name}/resume"),
+        ("post", "/v1/vms/{name}/register"),
+        ("get", "/v1/vms/{name}/qemu-args"),
         ("get", "/metrics"),
     ];
 

@@ -31,9 +31,13 @@ use crate::PAGE_SIZE;
 
 use crate::PageStore;
 
-/// How long an outside commit point waits for the rest of a split write (the
-/// kernel sends it as soon as the first piece is answered).
-pub(crate) const SPLIT_WRITE_WAIT: Duration = Duration::from_millis(2);
+/// How long an outside commit point waits for the rest of a split write.
+/// The kernel sends it as soon as the first piece is answered, but on a
+/// loaded machine the writer may not run again for milliseconds (2 ms was
+/// seen to be too short under a parallel test suite); only background
+/// commits wait, and only right after such a piece, so a long bound costs
+/// nothing else.
+pub(crate) const SPLIT_WRITE_WAIT: Duration = Duration::from_millis(100);
 
 use super::error::FsResult;
 use super::{FsShared, RvmFs};
@@ -95,7 +99,7 @@ impl<S: PageStore + 'static> RvmFs<S> {
             if waited >= SPLIT_WRITE_WAIT {
                 return;
             }
-            std::thread::sleep((SPLIT_WRITE_WAIT - waited).min(Duration::from_micros(50)));
+            std::thread::sleep((SPLIT_WRITE_WAIT - waited).min(Duration::from_micros(200)));
         }
     }
 

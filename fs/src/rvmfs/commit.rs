@@ -76,17 +76,21 @@ impl<S: PageStore + 'static> RvmFs<S> {
         Ok(())
     }
 
-    /// Remembers a write piece that may be the first half of a split write
-    /// (it starts inside a page and ends on a page boundary), or forgets the
-    /// one this piece continues.
-    pub(crate) fn note_write_piece(&self, ino: u64, offset: u64, end: u64) {
+    /// Before a write piece is applied: remember it if it may be the first
+    /// half of a split write (it starts inside a page and ends on a page
+    /// boundary), so that an outside commit point waits from now on.
+    pub(crate) fn write_piece_starts(&self, ino: u64, offset: u64, end: u64) {
         let page = PAGE_SIZE as u64;
+        if !offset.is_multiple_of(page) && end.is_multiple_of(page) {
+            self.lock().split_write = Some((ino, end, Instant::now()));
+        }
+    }
+
+    /// After a write piece is applied: forget the split write it completes.
+    pub(crate) fn write_piece_done(&self, ino: u64, offset: u64) {
         let mut running = self.lock();
         if running.split_write.is_some_and(|(i, at, _)| i == ino && at == offset) {
             running.split_write = None;
-        }
-        if !offset.is_multiple_of(page) && end.is_multiple_of(page) {
-            running.split_write = Some((ino, end, Instant::now()));
         }
     }
 

@@ -195,7 +195,10 @@ impl<S: PageStore + 'static> RvmFs<S> {
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         let blocks = last - first + 1;
         self.ensure_space(blocks + blocks / 256 + 16)?;
-        self.with_ctx(|ctx| {
+        // Noted before the data lands, so no outside commit can slip in
+        // between a first piece and its note (see `commit.rs`).
+        self.write_piece_starts(ino, offset, end);
+        let written = self.with_ctx(|ctx| {
             let mut inode = load(ctx, ino)?;
             if !inode.is_file() {
                 return Err(posix(if inode.is_dir() { libc::EISDIR } else { libc::EINVAL }));
@@ -212,8 +215,9 @@ impl<S: PageStore + 'static> RvmFs<S> {
             clear_privileges_on_write(caller, &mut inode);
             save(ctx, &inode)?;
             Ok(len)
-        })?;
-        self.note_write_piece(ino, offset, end);
+        });
+        self.write_piece_done(ino, offset);
+        written?;
         self.mark_written(fh);
         Ok(len)
     }

@@ -83,24 +83,13 @@ fn a_shrink_evicts_what_the_guest_agent_chose_and_a_grow_brings_back_its_hot_blo
     let agent = vm::cargo_build("pmvisor-agent", "bin", "pmvisor-agent");
     let sandbox = Sandbox::in_memory();
     let initrd = sandbox.path("initrd.gz");
-    let script = vm::repo().join("tests/vm/guest_agent.sh");
-    let args = [
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--script",
-        script.to_str().unwrap(),
-        "--out",
-        initrd.to_str().unwrap(),
-        "--bin",
-        agent.to_str().unwrap(),
-        "--module",
-        "virtio_blk",
-        "--module",
-        "virtio_console",
-    ];
-    if let Err(err) = vm::run_script("tests/vm/initramfs.sh", &args) {
-        panic!("building the initramfs failed: {err}");
-    }
+    vm::initramfs(
+        &kernel,
+        &["tests/vm/guest_agent.sh"],
+        &initrd,
+        &[agent.display().to_string()],
+        &["virtio_blk", "virtio_console"],
+    );
 
     let mut host = Host::start(&sandbox);
     let serial = format!("pmv-{REGION}");

@@ -233,18 +233,7 @@ fn prerequisites() -> Option<(PathBuf, PathBuf, Sandbox)> {
     };
     let sandbox = Sandbox::in_memory();
     let initrd = sandbox.path("initrd.gz");
-    let script = harness::repo().join("tests/vm/guest_counter.sh");
-    let args = [
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--script",
-        script.to_str().unwrap(),
-        "--out",
-        initrd.to_str().unwrap(),
-    ];
-    if let Err(err) = harness::run_script("tests/vm/initramfs.sh", &args) {
-        panic!("building the initramfs failed: {err}");
-    }
+    harness::initramfs(&kernel, &["tests/vm/guest_counter.sh"], &initrd, &[], &[]);
     Some((kernel, initrd, sandbox))
 }
 

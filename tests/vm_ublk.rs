@@ -89,30 +89,15 @@ fn ublk_target_and_daemon_pass_the_guest_workload_in_a_vm() {
     let work = tempfile::tempdir().expect("temporary directory");
     let initrd = work.path().join("initrd.gz");
     let tool = |name: &str| which(name).unwrap().display().to_string();
-    let mut args = vec![
-        "--kernel".to_string(),
-        kernel.display().to_string(),
-        "--script".into(),
-        vm::repo().join("tests/vm/guest_ublk.sh").display().to_string(),
-        "--script".into(),
-        vm::repo().join("tests/vm/guest_pmvisor.sh").display().to_string(),
-        "--out".into(),
-        initrd.display().to_string(),
-        "--bin".into(),
-        server.display().to_string(),
-        "--bin".into(),
-        env!("CARGO_BIN_EXE_pmvisor").to_string(),
-    ];
-    for bin in ["mkfs.ext4", "e2fsck", "dmsetup", "blkdiscard"] {
-        args.extend(["--bin".into(), tool(bin)]);
-    }
-    for module in ["ublk_drv", "loop", "dm-cache", "dm-cache-smq"] {
-        args.extend(["--module".into(), module.into()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    if let Err(err) = vm::run_script("tests/vm/initramfs.sh", &args) {
-        panic!("building the initramfs failed: {err}");
-    }
+    let mut bins = vec![server.display().to_string(), env!("CARGO_BIN_EXE_pmvisor").to_string()];
+    bins.extend(["mkfs.ext4", "e2fsck", "dmsetup", "blkdiscard"].map(tool));
+    vm::initramfs(
+        &kernel,
+        &["tests/vm/guest_ublk.sh", "tests/vm/guest_pmvisor.sh"],
+        &initrd,
+        &bins,
+        &["ublk_drv", "loop", "dm-cache", "dm-cache-smq"],
+    );
 
     let started = Instant::now();
     let vm = Vm::boot(&kernel.join("vmlinuz"), &initrd, "", "1G", &[]);

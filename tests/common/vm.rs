@@ -78,6 +78,27 @@ pub fn run_script(script: &str, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Build the guest's initramfs at `out` (tests/vm/initramfs.sh): busybox,
+/// the guest `scripts` (relative to the repository, run in order), `bins`
+/// and their libraries, and the kernel `modules`; panics when it cannot.
+pub fn initramfs(kernel: &Path, scripts: &[&str], out: &Path, bins: &[String], modules: &[&str]) {
+    let mut args = vec!["--kernel".to_string(), kernel.display().to_string()];
+    for script in scripts {
+        args.extend(["--script".into(), repo().join(script).display().to_string()]);
+    }
+    args.extend(["--out".into(), out.display().to_string()]);
+    for bin in bins {
+        args.extend(["--bin".into(), bin.clone()]);
+    }
+    for module in modules {
+        args.extend(["--module".into(), module.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Err(err) = run_script("tests/vm/initramfs.sh", &args) {
+        panic!("building the initramfs failed: {err}");
+    }
+}
+
 /// `cargo build -p PACKAGE --example|--bin NAME` (`kind` is `example` or
 /// `bin`) in the test's own profile and target directory; the
 /// executable's path. For binaries of other packages of the workspace,

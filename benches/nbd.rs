@@ -6,8 +6,10 @@
 //!
 //! Every device is filled first, so reads hit data rather than holes. Rows:
 //! 4 KiB random read and write at queue depth 1 and 32, 1 MiB sequential
-//! read and write (queue depth 8). Each row runs every server once, one
-//! after the other, for `PMVISOR_BENCH_SECONDS` (default 5) seconds.
+//! read and write (queue depth 8). Each row runs every server in turn for
+//! `PMVISOR_BENCH_SECONDS` (default 5) seconds, `PMVISOR_BENCH_ROUNDS`
+//! (default 3) times over, and reports each server's median round, so that
+//! one unlucky scheduling of a 2-CPU machine does not decide a ratio.
 //! `PMVISOR_BENCH_ONLY='QD1|sequential'` runs just the rows whose names
 //! contain one of the phrases, `PMVISOR_BENCH_SERVERS=pmvisor,nbdkit` just
 //! those servers; either prints the table without writing results.
@@ -208,25 +210,27 @@ fn main() {
             })
         })
         .collect();
+    let rounds: usize =
+        std::env::var("PMVISOR_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let mut results: Vec<Vec<Figure>> = Vec::new();
     for row in &rows {
-        let figures: Vec<Figure> = servers
-            .iter()
-            .map(|(name, uri)| {
+        let mut runs: Vec<Vec<Figure>> = vec![Vec::new(); servers.len()];
+        for _ in 0..rounds.max(1) {
+            for ((name, uri), runs) in servers.iter().zip(&mut runs) {
                 let figure = fio(uri, row.rw, row.bs, row.depth, Some(seconds));
                 eprintln!(
                     "nbd bench: {:<26} {name:<9} {:>10.0} IOPS {:>8.1} MiB/s {:>8.1} µs",
                     row.name, figure.iops, figure.mib_s, figure.lat_us
                 );
-                figure
-            })
-            .collect();
-        results.push(figures);
+                runs.push(figure);
+            }
+        }
+        results.push(runs.into_iter().map(|runs| median(row, runs)).collect());
     }
     drop((nbdkit, qemu));
 
     let names: Vec<&str> = servers.iter().map(|(n, _)| *n).collect();
-    let table = markdown(&names, &rows, &results, seconds);
+    let table = markdown(&names, &rows, &results, seconds, rounds);
     println!("{table}");
     if only.is_some() || chosen.is_some() {
         return;
@@ -238,6 +242,12 @@ fn main() {
     eprintln!("nbd bench: wrote benches/results/nbd.md and nbd.svg");
 }
 
+/// The round with the median throughput.
+fn median(row: &Row, mut runs: Vec<Figure>) -> Figure {
+    runs.sort_by(|a, b| value(row, a).total_cmp(&value(row, b)));
+    runs[runs.len() / 2]
+}
+
 fn value(row: &Row, figure: &Figure) -> f64 {
     if row.bandwidth {
         figure.mib_s
@@ -246,7 +256,13 @@ fn value(row: &Row, figure: &Figure) -> f64 {
     }
 }
 
-fn markdown(names: &[&str], rows: &[&Row], results: &[Vec<Figure>], seconds: u64) -> String {
+fn markdown(
+    names: &[&str],
+    rows: &[&Row],
+    results: &[Vec<Figure>],
+    seconds: u64,
+    rounds: usize,
+) -> String {
     let mut md = String::new();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
@@ -255,12 +271,15 @@ fn markdown(names: &[&str], rows: &[&Row], results: &[Vec<Figure>], seconds: u64
     );
     let _ = writeln!(
         md,
-        "fio {} with the nbd engine (libnbd) over Unix sockets, {seconds} s per cell after 1 s \
-         ramp, 512 MiB devices filled before the run, one fio job per cell, {cpus} CPUs shared \
-         with the servers. pmvisor: a fully resident block region in a pool file on /dev/shm, \
-         served by `NbdServer` in process, every request through the gate. Ratio: pmvisor / \
-         the best peer (above 1 is faster). Latency: mean completion latency at queue depth 1.\n",
-        fio_version()
+        "fio {} with the nbd engine (libnbd) over Unix sockets, {seconds} s per run after 1 s \
+         ramp, the servers taking turns, {rounds} rounds, each cell the median round; 512 MiB \
+         devices filled before the run, one fio job per run, {cpus} CPUs shared with the \
+         servers. pmvisor: a fully resident block region in a pool file on /dev/shm, served by \
+         `NbdServer` in process (default settings: idle connections spin up to {} µs), every \
+         request through the gate. Ratio: pmvisor / the best peer (above 1 is faster). \
+         Latency: mean completion latency at queue depth 1.\n",
+        fio_version(),
+        pmvisor_blk::nbd::DEFAULT_SPIN.as_micros()
     );
     let _ = writeln!(
         md,

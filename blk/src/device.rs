@@ -34,6 +34,31 @@ pub struct Extent {
     pub zero: bool,
 }
 
+/// A run of the bytes of a read served in place
+/// ([`BlockDevice::read_in_place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadRun<'a> {
+    /// Bytes as the device holds them.
+    Data(&'a [u8]),
+    /// This many bytes that read as zeroes and are stored nowhere (a hole).
+    Zeroes(usize),
+}
+
+impl ReadRun<'_> {
+    /// Bytes this run stands for.
+    pub fn len(&self) -> usize {
+        match self {
+            ReadRun::Data(bytes) => bytes.len(),
+            ReadRun::Zeroes(n) => *n,
+        }
+    }
+
+    /// Whether the run stands for no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Why a device operation failed. Each variant maps to one errno value that
 /// both NBD (whose error values are the Linux errnos) and ublk understand.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +135,24 @@ pub trait BlockDevice: Send + Sync {
     /// [`MAX_EXTENTS`] extents) but covers at least one byte when `len > 0`,
     /// and never extends past `offset + len`.
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, DeviceError>;
+
+    /// Serve a read of `offset..offset + len` without copying it through a
+    /// buffer: call `serve` once with runs that cover the range in order,
+    /// while the bytes cannot change. `serve` runs with the device's lock
+    /// held, so it must not block (a transport sends what the socket takes
+    /// at once and copies the rest). A device whose bytes are not
+    /// addressable memory, or that cannot hold the whole range at once,
+    /// returns `Ok(false)` without calling `serve`, and the caller uses
+    /// [`read_at`](BlockDevice::read_at).
+    fn read_in_place(
+        &self,
+        offset: u64,
+        len: u64,
+        serve: &mut dyn FnMut(&[ReadRun<'_>]),
+    ) -> Result<bool, DeviceError> {
+        let _ = (offset, len, serve);
+        Ok(false)
+    }
 }
 
 /// Check that `offset..offset + len` lies within a device of `size` bytes.

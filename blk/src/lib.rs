@@ -10,5 +10,5 @@ mod mem_device;
 pub mod nbd;
 pub mod ublk;
 
-pub use device::{check_range, BlockDevice, DeviceError, Extent, BLOCK_SIZE, MAX_EXTENTS};
+pub use device::{check_range, BlockDevice, DeviceError, Extent, ReadRun, BLOCK_SIZE, MAX_EXTENTS};
 pub use mem_device::MemDevice;

@@ -97,6 +97,56 @@ fn structured_reads_send_zero_blocks_as_hole_chunks() {
     assert_eq!(data, server.device_bytes(0, 16384));
 }
 
+/// Reads over 128 KiB are served in place, from the device's own memory:
+/// the chunks and bytes must be what a buffered read sends.
+#[test]
+fn large_reads_served_in_place_send_holes_and_data_as_buffered_reads_do() {
+    let server = TestServer::unix("disk", 8 << 20);
+    let pattern: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 + 1).collect();
+    server.device.write_at(1 << 20, &pattern, false).unwrap();
+    server.device.write_at(3 << 20, &[9u8; 4096], false).unwrap();
+    let mut client = RawClient::open(&server.socket(), "disk", true, false);
+    // Hole, data (unaligned end), hole, one data block, hole.
+    let (offset, len) = ((1 << 20) - 65536, 3 << 20);
+    client.request(0, READ, 1, offset, len as u32, &[]);
+    let (data, kinds) = structured_read(&mut client, 1, offset, len);
+    assert_eq!(kinds, [2, 1, 2, 1, 2]);
+    assert_eq!(data, server.device_bytes(offset, len));
+    client.request(DF, READ, 2, offset, len as u32, &[]);
+    let (data, kinds) = structured_read(&mut client, 2, offset, len);
+    assert_eq!(kinds, [1]);
+    assert_eq!(data, server.device_bytes(offset, len));
+
+    let mut simple = RawClient::open(&server.socket(), "disk", false, false);
+    simple.request(0, READ, 3, offset, len as u32, &[]);
+    assert_eq!(simple.simple_reply(), (0, 3));
+    assert_eq!(simple.read_data(len), server.device_bytes(offset, len));
+}
+
+/// A client that reads its replies late gets them whole: what the socket
+/// could not take at once was copied and sent after.
+#[test]
+fn large_replies_to_a_slow_reader_arrive_whole_and_in_order() {
+    let server = TestServer::unix("disk", 32 << 20);
+    let pattern: Vec<u8> = (0..(16u32 << 20)).map(|i| (i / 4096 % 253) as u8).collect();
+    server.device.write_at(0, &pattern, false).unwrap();
+    let mut client = RawClient::open(&server.socket(), "disk", true, false);
+    for handle in 0..4u64 {
+        client.request(DF, READ, handle, handle << 22, 4 << 20, &[]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        let chunk = client.any_reply();
+        assert_eq!((chunk.kind, chunk.flags & DONE), (1, DONE));
+        let at = be64(&chunk.payload) as usize;
+        assert_eq!(at as u64, chunk.handle << 22);
+        assert!(chunk.payload[8..] == pattern[at..at + (4 << 20)], "handle {}", chunk.handle);
+        seen.insert(chunk.handle);
+    }
+    assert_eq!(seen.len(), 4);
+}
+
 #[test]
 fn simple_replies_are_used_without_structured_negotiation() {
     let server = TestServer::unix("disk", 1 << 20);

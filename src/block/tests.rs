@@ -505,3 +505,53 @@ fn one_write_bigger_than_the_quota_goes_through_to_swap() {
     assert!(back == data, "a write of 20 blocks through 8 frames reads back");
     assert_eq!(disk.stats().resident_blocks + disk.stats().swapped_blocks, 20);
 }
+
+/// Everything `read_in_place` hands out, holes as zeros; `None` when the
+/// region declined.
+fn read_in_place(disk: &BlockRegion, offset: u64, len: u64) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let served = disk
+        .read_in_place(offset, len, &mut |runs| {
+            for run in runs {
+                match run {
+                    pmvisor_blk::ReadRun::Data(data) => bytes.extend_from_slice(data),
+                    pmvisor_blk::ReadRun::Zeroes(n) => bytes.resize(bytes.len() + n, 0),
+                }
+            }
+        })
+        .unwrap();
+    served.then_some(bytes)
+}
+
+#[test]
+fn reads_in_place_hand_out_what_buffered_reads_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = crate::pool::CreateOptions { size: 16 << 20, ..Default::default() };
+    let pool = Arc::new(Pool::create(&dir.path().join("p.pool"), &options).unwrap());
+    let regions = BlockRegions::open_file_swap(pool, &dir.path().join("p.swap")).unwrap();
+    let disk =
+        regions.create("disk", BlockSpec { size: 64 * BLOCK, resident: 8 * BLOCK, swap: true });
+    let disk = disk.unwrap();
+    // Blocks 0-2 and 20-31 written; with 8 frames the early ones go to
+    // swap. 3-19 and 32-63 stay unmapped. (A read whose faults evict
+    // blocks of the same read is declined and served buffered.)
+    for block in (0..3).chain(20..32) {
+        disk.write_at(block * BLOCK, &pattern(block, 1), false).unwrap();
+    }
+    assert!(matches!(disk.block_state(0), Some(BlockState::Swapped(_))));
+    // Swapped and unmapped; unmapped only; resident and unmapped.
+    for (offset, len) in [(100, 3 * BLOCK), (10 * BLOCK, 4 * BLOCK), (2 * BLOCK + 5, 2 * BLOCK)] {
+        let in_place = read_in_place(&disk, offset, len).expect("a mapped pool serves in place");
+        let mut buffered = vec![0u8; len as usize];
+        disk.read_at(offset, &mut buffered).unwrap();
+        assert!(in_place == buffered, "{offset}+{len}");
+    }
+    // The swapped blocks were faulted in to be served.
+    assert!(matches!(disk.block_state(0), Some(BlockState::Resident(_))));
+    // More swapped blocks than the quota holds: declined, read as usual.
+    assert!(read_in_place(&disk, 0, 32 * BLOCK).is_none());
+    assert!(matches!(
+        disk.read_in_place(60 * BLOCK, 8 * BLOCK, &mut |_| {}),
+        Err(DeviceError::OutOfRange { .. })
+    ));
+}

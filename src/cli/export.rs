@@ -108,9 +108,44 @@ pub fn run(command: ExportCommand, settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// Whether an export listens on TCP on an address other hosts can reach.
+/// Parse `--nbd-spin`: `200us`, `0.1ms`, or plain microseconds; `0`
+/// never spins.
+pub fn parse_spin(text: &str) -> anyhow::Result<std::time::Duration> {
+    let text = text.trim();
+    super::pod::seconds(text, 1e-6)
+        .filter(|&v| v <= 0.1)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| {
+            anyhow::anyhow!("NBD spin {text:?} is not a time from 0 to 100ms such as 200us")
+        })
+}
+
 fn reachable_from_other_hosts(export: &ExportView) -> bool {
     let Some(addr) = export.address.as_deref().and_then(|a| a.strip_prefix("tcp:")) else {
         return false;
     };
     addr.parse::<std::net::SocketAddr>().is_ok_and(|a| !a.ip().is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn spins_read_in_microseconds_unless_told_and_zero_turns_spinning_off() {
+        assert_eq!(parse_spin("200us").unwrap(), Duration::from_micros(200));
+        assert_eq!(parse_spin("50").unwrap(), Duration::from_micros(50));
+        assert_eq!(parse_spin("0.5ms").unwrap(), Duration::from_micros(500));
+        assert_eq!(parse_spin("0").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_bad_spin_says_what_a_spin_looks_like() {
+        for bad in ["fast", "-1us", "2s", "1000ms"] {
+            let err = parse_spin(bad).unwrap_err().to_string();
+            assert!(err.contains("is not a time from 0 to 100ms such as 200us"), "{bad}: {err}");
+        }
+    }
 }

@@ -146,6 +146,16 @@ fn status_text(status: &PodStatus) -> String {
 /// Parse `--pod-budget`: `50ms`, `0.05s`, `500us`, or plain milliseconds.
 pub fn parse_budget(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
+    seconds(text, 1e-3)
+        .filter(|&v| v > 0.0)
+        .map(Duration::from_secs_f64)
+        .with_context(|| format!("POD budget {text:?} is not a positive time such as 50ms"))
+}
+
+/// A time with an optional unit (`s`, `ms`, `us`; `unit` seconds when it
+/// has none), in seconds; `None` unless a finite number of at least 0.
+pub(crate) fn seconds(text: &str, unit: f64) -> Option<f64> {
+    let text = text.trim();
     let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
         (n, 1e-3)
     } else if let Some(n) = text.strip_suffix("us") {
@@ -153,15 +163,10 @@ pub fn parse_budget(text: &str) -> anyhow::Result<Duration> {
     } else if let Some(n) = text.strip_suffix('s') {
         (n, 1.0)
     } else {
-        (text, 1e-3)
+        (text, unit)
     };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite() && *v > 0.0)
-        .with_context(|| format!("POD budget {text:?} is not a positive time such as 50ms"))?;
-    Ok(Duration::from_secs_f64(value * scale))
+    let value: f64 = number.trim().parse().ok()?;
+    (value.is_finite() && value >= 0.0).then_some(value * scale)
 }
 
 #[cfg(test)]

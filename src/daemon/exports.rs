@@ -28,6 +28,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pmvisor_blk::nbd::{ListenAddr, NbdError, NbdListener, NbdServer};
 use pmvisor_blk::ublk::{self, DeviceState, UblkError, UblkHandle, UblkOptions, UblkTarget};
@@ -226,15 +227,18 @@ pub struct Served {
 }
 
 /// The exports the daemon serves now, by region name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Exports {
     running: tokio::sync::Mutex<BTreeMap<String, RunningExport>>,
+    /// Longest idle spin of NBD connections.
+    nbd_spin: Duration,
 }
 
 impl Exports {
-    /// No exports.
-    pub fn new() -> Exports {
-        Exports::default()
+    /// No exports yet; NBD connections will spin for at most `nbd_spin`
+    /// between requests.
+    pub fn new(nbd_spin: Duration) -> Exports {
+        Exports { running: Default::default(), nbd_spin }
     }
 
     /// Serve `region` as `name` through `gate`; returns the export as it
@@ -255,7 +259,7 @@ impl Exports {
         }
         let device = Arc::new(GatedRegion::new(region, gate));
         let export = match kind {
-            ExportKind::Nbd(addr) => start_nbd(name, device, addr).await?,
+            ExportKind::Nbd(addr) => start_nbd(name, device, addr, self.nbd_spin).await?,
             ExportKind::Ublk { queues, depth } => {
                 let owned = name.to_string();
                 let handle =
@@ -301,6 +305,7 @@ async fn start_nbd(
     name: &str,
     device: Arc<GatedRegion>,
     addr: ListenAddr,
+    spin: Duration,
 ) -> Result<RunningExport, ExportError> {
     let nbd = |source| ExportError::Nbd { name: name.to_string(), addr: addr.clone(), source };
     if let ListenAddr::Unix(path) = &addr {
@@ -310,6 +315,7 @@ async fn start_nbd(
         }
     }
     let server = NbdServer::new();
+    server.set_idle_spin(spin);
     server.add_export(name, device, false).map_err(nbd)?;
     let listener = server.listen(&addr).await.map_err(nbd)?;
     let kind = ExportKind::Nbd(listener.local_addr().clone());

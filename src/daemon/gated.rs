@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use pmvisor_blk::{BlockDevice, DeviceError, Extent};
+use pmvisor_blk::{BlockDevice, DeviceError, Extent, ReadRun};
 
 use crate::block::BlockRegion;
 use crate::gate::{Gate, GateGuard};
@@ -49,6 +49,16 @@ impl BlockDevice for GatedRegion {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         let _inside = self.enter()?;
         self.region.read_at(offset, buf)
+    }
+
+    fn read_in_place(
+        &self,
+        offset: u64,
+        len: u64,
+        serve: &mut dyn FnMut(&[ReadRun<'_>]),
+    ) -> Result<bool, DeviceError> {
+        let _inside = self.enter()?;
+        self.region.read_in_place(offset, len, serve)
     }
 
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {

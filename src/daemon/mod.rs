@@ -65,6 +65,8 @@ pub struct ServeOptions {
     pub pod_sources: Vec<crate::pod::PodSource>,
     /// Time allowed from a power-outage trigger to the fence.
     pub pod_budget: Duration,
+    /// Longest spin of an idle NBD connection (see `NbdServer::set_idle_spin`).
+    pub nbd_spin: Duration,
 }
 
 /// Serve the control API and the exports of `pool` until SIGTERM or SIGINT.
@@ -78,7 +80,7 @@ pub fn serve(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
 }
 
 async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
-    let ServeOptions { pool_path, socket, swap, pod_sources, pod_budget } = options;
+    let ServeOptions { pool_path, socket, swap, pod_sources, pod_budget, nbd_spin } = options;
     // Handlers first, so a signal right after the socket appears is handled.
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -120,7 +122,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
     let state = Arc::new(ApiState {
         pool: Arc::clone(&pool),
         regions: Arc::new(Regions::serving(pool, blocks).with_mounts(Arc::clone(&mounts))),
-        exports: Exports::new(),
+        exports: Exports::new(nbd_spin),
         agents: Agents::new(),
         balancer: Balancer::load(balancer::settings_file(), &pool_path),
         mounts,

@@ -256,6 +256,13 @@ impl Media for MappedMedia {
         Ok(())
     }
 
+    unsafe fn bytes_in_place(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        check_bounds(self.len, offset, len).ok()?;
+        // SAFETY: bounds checked above; the mapping lives as long as self
+        // (which the slice borrows); the caller keeps writers away.
+        Some(unsafe { sys::bytes_at(self.base, offset, len) })
+    }
+
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.check_writable()?;
         check_bounds(self.len, offset, data.len() as u64)?;

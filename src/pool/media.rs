@@ -67,6 +67,18 @@ pub trait Media: Send + Sync + fmt::Debug {
     /// Copy bytes out of the medium.
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 
+    /// The bytes of `offset..offset + len` in place, when the medium is
+    /// memory this process addresses (a mapping); `None` when it is not,
+    /// or the range is out of bounds. For serving reads without a copy.
+    ///
+    /// # Safety
+    /// Nothing may write the range while the returned slice lives (block
+    /// regions write their frames only under their lock, and hold it).
+    unsafe fn bytes_in_place(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let _ = (offset, len);
+        None
+    }
+
     /// Copy bytes into the medium (not yet durable).
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()>;
 

@@ -10,7 +10,8 @@
 //! - a `MAP_SHARED_VALIDATE | MAP_SYNC` mapping, which memmap2 cannot ask for;
 //! - cache-line write-back and a store fence for DAX mappings;
 //! - copies in and out of a mapping at a bounds-checked offset, inside it,
-//!   and between it and a file with `pwritev`/`preadv`.
+//!   and between it and a file with `pwritev`/`preadv`, and its bytes in
+//!   place for a caller that keeps writers away.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -147,6 +148,17 @@ pub(crate) unsafe fn copy_out(base: *const u8, offset: u64, buf: &mut [u8]) {
     // SAFETY: in bounds of a live mapping by the caller's contract; `buf`
     // is a distinct Rust allocation so the ranges cannot overlap.
     unsafe { std::ptr::copy_nonoverlapping(base.add(offset as usize), buf.as_mut_ptr(), buf.len()) }
+}
+
+/// The bytes at `base + offset .. + len`, in place.
+///
+/// # Safety
+/// The range must lie inside the live mapping at `base`, which must outlive
+/// `'a`, and nothing may write the range while the slice lives.
+pub(crate) unsafe fn bytes_at<'a>(base: *const u8, offset: u64, len: u64) -> &'a [u8] {
+    // SAFETY: in bounds of a live mapping that outlives 'a and unchanged
+    // while borrowed, by the caller's contract.
+    unsafe { std::slice::from_raw_parts(base.add(offset as usize), len as usize) }
 }
 
 /// Copy `data` to `base + offset`.

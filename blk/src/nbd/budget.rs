@@ -91,6 +91,11 @@ impl Budget {
         Some(Permit { budget: Arc::clone(self), units })
     }
 
+    /// Whether no request holds a permit (nothing in flight).
+    pub fn is_idle(&self) -> bool {
+        self.lock().requests == 0
+    }
+
     /// End every wait, now and later.
     pub fn interrupt(&self) {
         self.lock().interrupted = true;

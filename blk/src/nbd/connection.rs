@@ -58,9 +58,7 @@ impl ClientStream for UnixStream {
     }
 
     fn into_socket(self) -> io::Result<Socket> {
-        let stream = self.into_std()?;
-        stream.set_nonblocking(false)?;
-        Ok(Socket::Unix(stream))
+        Socket::unix(self.into_std()?)
     }
 }
 
@@ -73,9 +71,7 @@ impl ClientStream for TcpStream {
     }
 
     fn into_socket(self) -> io::Result<Socket> {
-        let stream = self.into_std()?;
-        stream.set_nonblocking(false)?;
-        Ok(Socket::Tcp(stream))
+        Socket::tcp(self.into_std()?)
     }
 }
 
@@ -84,6 +80,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     mut stream: S,
     peer: String,
     exports: Arc<ExportTable>,
+    spin: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let (session, leftover) = {
@@ -125,7 +122,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     let export = session.export.name.clone();
     tracing::debug!(%peer, %export, structured = session.structured, "NBD client attached");
     let signal = StopSignal::new(stop, session.export.removed());
-    match run_transmission(stream, leftover, session, signal).await {
+    match run_transmission(stream, leftover, session, spin, signal).await {
         Ok(ending) => tracing::debug!(%peer, %export, ?ending, "NBD client detached"),
         Err(e) if e.is_violation() => tracing::warn!(%peer, %export, "NBD client rejected: {e}"),
         Err(e) => tracing::debug!(%peer, %export, error = %e, "NBD connection failed"),
@@ -137,6 +134,7 @@ async fn run_transmission<S: ClientStream>(
     stream: S,
     leftover: Vec<u8>,
     session: Session,
+    spin: Duration,
     mut signal: StopSignal,
 ) -> Result<Ending, TransmissionError> {
     let socket = stream.into_socket()?;
@@ -145,7 +143,7 @@ async fn run_transmission<S: ClientStream>(
     let (done, mut finished) = oneshot::channel();
     let thread_link = Arc::clone(&link);
     std::thread::Builder::new().name("nbd-connection".into()).spawn(move || {
-        let _ = done.send(transmit(&thread_link, leftover, &session));
+        let _ = done.send(transmit(&thread_link, leftover, &session, spin));
     })?;
     let ended = tokio::select! {
         ended = &mut finished => ended,
@@ -169,6 +167,7 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
+    use crate::nbd::idle::DEFAULT_SPIN;
     use crate::nbd::proto::{
         CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, IHAVEOPT, OPT_GO, REP_ACK, REQUEST_MAGIC,
         SIMPLE_REPLY_MAGIC,
@@ -191,7 +190,7 @@ mod tests {
         let (stop, stop_rx) = watch::channel(false);
         let served = runtime.spawn(async move {
             let stream = UnixStream::from_std(ours).unwrap();
-            serve_connection(stream, "test".into(), exports, stop_rx).await;
+            serve_connection(stream, "test".into(), exports, DEFAULT_SPIN, stop_rx).await;
         });
 
         // The flags, NBD_OPT_GO and a READ in one write: the handshake's

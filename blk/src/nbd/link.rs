@@ -4,7 +4,9 @@
 //!
 //! Replies are written whole, one `writev` per batch, under the reply lock,
 //! by whoever finished the request (the connection's thread or a worker),
-//! so they go out in completion order. The first failed write breaks the
+//! so they go out in completion order. A large read's reply may be written
+//! from the device's own memory, still under the reply lock
+//! ([`Link::send_with`]). The first failed write breaks the
 //! link: the socket is shut and every wait ends, so the connection's thread
 //! stops reading requests nobody can answer.
 
@@ -69,15 +71,26 @@ impl Link {
         if frames.is_empty() {
             return Ok(());
         }
+        let result = self.send_with(|socket| {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+            frames.iter().for_each(|frame| frame.slices(&mut slices));
+            socket.write_all_vectored(&mut slices)
+        });
+        for frame in frames.drain(..) {
+            self.buffers.give_back(frame.into_data());
+        }
+        result
+    }
+
+    /// Write one whole reply with `write`, which gets the socket under the
+    /// reply lock (so no other reply's bytes come between). Its failure
+    /// breaks the link.
+    pub fn send_with(&self, write: impl FnOnce(&Socket) -> io::Result<()>) -> io::Result<()> {
         let result = {
             let mut failure = self.replies.lock().unwrap_or_else(PoisonError::into_inner);
             let result = match *failure {
                 Some(kind) => Err(io::Error::from(kind)),
-                None => {
-                    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
-                    frames.iter().for_each(|frame| frame.slices(&mut slices));
-                    self.socket.write_all_vectored(&mut slices)
-                }
+                None => write(&self.socket),
             };
             if let (Err(e), None) = (&result, *failure) {
                 *failure = Some(e.kind());
@@ -85,9 +98,6 @@ impl Link {
             }
             result
         };
-        for frame in frames.drain(..) {
-            self.buffers.give_back(frame.into_data());
-        }
         if result.is_err() {
             self.socket.close();
             self.budget.interrupt();

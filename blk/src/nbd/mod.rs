@@ -8,10 +8,11 @@
 //!
 //! Layout: [`proto`] is the wire format; `handshake` haggles options;
 //! `transmission` runs the command loop on the connection's own thread,
-//! `workers` runs its slow requests, `reply` lays out its answers and
-//! `link` writes them; `socket`, `budget` and `buffers` are the blocking
-//! socket, the in-flight bounds and the reused payload buffers of one
-//! connection; `connection` ties one client's phases together; `export`
+//! `idle` is how that thread waits for the next request, `workers` runs
+//! its slow requests, `reply` and `in_place` lay out its answers and `link`
+//! writes them;
+//! `socket`, `budget` and `buffers` are the blocking socket, the in-flight
+//! bounds and the reused payload buffers of one connection; `connection` ties one client's phases together; `export`
 //! holds the export table; `server` owns listeners and the public API.
 //!
 //! Every length a client sends is bounded before anything is allocated:
@@ -27,6 +28,8 @@ mod buffers;
 mod connection;
 mod export;
 mod handshake;
+mod idle;
+mod in_place;
 mod link;
 pub mod proto;
 mod reply;
@@ -37,5 +40,6 @@ mod workers;
 
 pub use connection::HANDSHAKE_TIMEOUT;
 pub use handshake::MAX_OPTIONS;
+pub use idle::DEFAULT_SPIN;
 pub use server::{ListenAddr, NbdError, NbdListener, NbdServer, MAX_CONNECTIONS};
 pub use transmission::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};

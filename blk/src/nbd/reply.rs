@@ -114,6 +114,13 @@ impl ReplyFrame {
         }
     }
 
+    /// This frame's bytes, in wire order, in one buffer.
+    pub fn slices_owned(&self) -> Vec<u8> {
+        let mut slices = Vec::new();
+        self.slices(&mut slices);
+        slices.iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
     /// Bytes this frame puts on the wire.
     pub fn wire_len(&self) -> usize {
         self.parts

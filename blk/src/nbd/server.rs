@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use tokio::task::JoinSet;
 
 use super::connection::serve_connection;
 use super::export::{ExportTable, NameProblem};
+use super::idle::DEFAULT_SPIN;
 use super::transmission::raised;
 use crate::device::BlockDevice;
 
@@ -168,10 +170,22 @@ impl Drop for NbdListener {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     exports: Arc<ExportTable>,
     listeners: Mutex<Vec<Weak<ListenerControl>>>,
+    /// Longest spin of an idle connection, in microseconds.
+    spin_us: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            exports: Arc::default(),
+            listeners: Mutex::default(),
+            spin_us: AtomicU64::new(DEFAULT_SPIN.as_micros() as u64),
+        }
+    }
 }
 
 /// An NBD server: a table of exports and the listeners serving it. Cheap to
@@ -185,6 +199,14 @@ impl NbdServer {
     /// A server with no exports and no listeners.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How long a connection with nothing in flight spins for its next
+    /// request before it sleeps, at most (the window adapts below it; see
+    /// [`DEFAULT_SPIN`]). Zero never spins. Applies to connections accepted
+    /// from now on.
+    pub fn set_idle_spin(&self, max: Duration) {
+        self.shared.spin_us.store(max.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Export `device` as `name`. Connected clients see it at once.
@@ -277,7 +299,7 @@ impl NbdServer {
             listeners.push(Arc::downgrade(&control));
         }
         tracing::info!(%addr, "NBD server listening");
-        tokio::spawn(accept_loop(acceptor, Arc::clone(&self.shared.exports), stop_rx, done_tx));
+        tokio::spawn(accept_loop(acceptor, Arc::clone(&self.shared), stop_rx, done_tx));
         NbdListener { addr, control }
     }
 }
@@ -349,17 +371,23 @@ impl Acceptor {
 }
 
 impl Stream {
-    async fn serve(self, peer: String, exports: Arc<ExportTable>, stop: watch::Receiver<bool>) {
+    async fn serve(
+        self,
+        peer: String,
+        exports: Arc<ExportTable>,
+        spin: Duration,
+        stop: watch::Receiver<bool>,
+    ) {
         match self {
-            Stream::Unix(stream) => serve_connection(stream, peer, exports, stop).await,
-            Stream::Tcp(stream) => serve_connection(stream, peer, exports, stop).await,
+            Stream::Unix(stream) => serve_connection(stream, peer, exports, spin, stop).await,
+            Stream::Tcp(stream) => serve_connection(stream, peer, exports, spin, stop).await,
         }
     }
 }
 
 async fn accept_loop(
     acceptor: Acceptor,
-    exports: Arc<ExportTable>,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     done: watch::Sender<bool>,
 ) {
@@ -378,10 +406,11 @@ async fn accept_loop(
                         tracing::warn!(%peer, "NBD client rejected: {MAX_CONNECTIONS} connections are already open");
                         continue;
                     };
-                    let exports = Arc::clone(&exports);
+                    let exports = Arc::clone(&shared.exports);
+                    let spin = Duration::from_micros(shared.spin_us.load(Ordering::Relaxed));
                     let stop = connection_stop.clone();
                     connections.spawn(async move {
-                        stream.serve(peer, exports, stop).await;
+                        stream.serve(peer, exports, spin, stop).await;
                         drop(slot);
                     });
                 }

@@ -2,18 +2,33 @@
 //! blocking Unix or TCP stream, shared by the connection's thread (which
 //! reads requests) and whoever writes replies.
 //!
-//! Blocking reads on a dedicated thread get the kernel's synchronous,
-//! wake-affine wakeups, which an epoll loop does not; that is most of a
-//! small request's latency on an idle machine. A blocked read or write is
-//! ended from outside with `shutdown(2)`: [`Socket::stop_reading`] makes
-//! the next read return end-of-stream, [`Socket::close`] also fails writes.
+//! Reads wait on a dedicated thread with `poll(2)` for input only: the
+//! wakeup is the kernel's synchronous one, and, unlike a blocking `recv`,
+//! it is not also woken each time the client takes reply bytes off the
+//! socket (a Unix socket wakes one wait queue for both). A blocked read or
+//! write is ended from outside with `shutdown(2)`: [`Socket::stop_reading`]
+//! makes the next read return end-of-stream, [`Socket::close`] also fails
+//! writes.
+//!
+//! A Unix socket gets a send buffer of [`UNIX_SEND_BUFFER`] (the kernel
+//! doubles what is asked): the default (208 KiB) makes the writer of a
+//! 1 MiB reply sleep and be woken four times while the client drains it.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
+
+use super::idle;
 
 /// Most slices one `writev` takes (Linux's `IOV_MAX`).
 const MAX_SLICES: usize = 1024;
+/// The send buffer asked for on Unix sockets (`net.core.wmem_max` caps it).
+pub(crate) const UNIX_SEND_BUFFER: usize = 1 << 20;
 
 /// A blocking client socket.
 #[derive(Debug)]
@@ -23,6 +38,77 @@ pub(crate) enum Socket {
 }
 
 impl Socket {
+    /// Wrap an accepted Unix stream, in blocking mode, with its send buffer
+    /// raised (failing that only costs throughput).
+    pub fn unix(stream: UnixStream) -> io::Result<Socket> {
+        stream.set_nonblocking(false)?;
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, UNIX_SEND_BUFFER);
+        Ok(Socket::Unix(stream))
+    }
+
+    /// Wrap an accepted TCP stream, in blocking mode.
+    pub fn tcp(stream: TcpStream) -> io::Result<Socket> {
+        stream.set_nonblocking(false)?;
+        Ok(Socket::Tcp(stream))
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Unix(s) => s.as_fd(),
+            Socket::Tcp(s) => s.as_fd(),
+        }
+    }
+
+    /// Whether a read would not block now: bytes wait, or the stream ended
+    /// (a `poll(2)` that does not wait, so it takes no lock a sending
+    /// client needs).
+    pub fn readable_now(&self) -> io::Result<bool> {
+        let fd = self.fd();
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+        match rustix::event::poll(&mut fds, Some(&zero)) {
+            Ok(n) => Ok(n > 0),
+            Err(Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sleep until a read would not block (input, end of stream or an
+    /// error); woken by input only, not by the client taking our replies.
+    pub fn wait_readable(&self) -> io::Result<()> {
+        let fd = self.fd();
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Send as much of `slices` as the socket takes without blocking;
+    /// returns how many bytes went out (0 when its buffer is full).
+    pub fn send_now(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let mut owned: Vec<IoSlice<'_>> = slices.to_vec();
+        let mut rest: &mut [IoSlice<'_>] = &mut owned;
+        let mut sent = 0;
+        while sent < total {
+            let batch = &rest[..rest.len().min(MAX_SLICES)];
+            let mut ancillary = rustix::net::SendAncillaryBuffer::default();
+            match rustix::net::sendmsg(self.fd(), batch, &mut ancillary, flags) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    sent += n;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(sent)
+    }
+
     /// Wake a blocked read with end-of-stream; writes still work, so
     /// replies in flight can go out.
     pub fn stop_reading(&self) {
@@ -64,11 +150,22 @@ impl Socket {
     }
 }
 
+/// Reads of the connection's thread. Between requests it waits first (see
+/// `idle`), so a read that would block here is waiting for the rest of a
+/// request the client is sending: it spins a little before it sleeps.
 impl Read for &Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Socket::Unix(s) => (&*s).read(buf),
-            Socket::Tcp(s) => (&*s).read(buf),
+        loop {
+            match rustix::net::recv(self.fd(), &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((n, _)) => return Ok(n),
+                Err(Errno::AGAIN) => {
+                    if !idle::spin_until_readable(self, idle::REST_OF_REQUEST_SPIN)? {
+                        self.wait_readable()?;
+                    }
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }

@@ -6,7 +6,10 @@
 //! negotiated features) before reading any payload, and then serves it:
 //! small plain reads and writes (a copy in or out of memory) right there,
 //! everything else (large transfers, flush, FUA, trim, block status) on the
-//! connection's workers. Requests complete out of order. The replies of
+//! connection's workers. A large read goes from the device's memory to the
+//! socket without a copy where the device allows it
+//! ([`BlockDevice::read_in_place`]). Between requests the thread waits as
+//! `idle` says (a short adaptive spin when nothing is in flight). Requests complete out of order. The replies of
 //! requests served on the thread are written together, one `writev`, once
 //! the requests the client already sent are served. At most
 //! [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] of payload are in
@@ -16,6 +19,7 @@
 //! Flush and FUA go straight to the shared device, whose flush covers every
 //! write completed on any connection: that is what multi-conn needs.
 
+use std::io::IoSlice;
 use std::io::{self, BufReader, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -24,6 +28,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::handshake::Session;
+use super::idle::IdleWait;
+use super::in_place::InPlaceReply;
 use super::link::Link;
 use super::proto::{
     Command, RequestHeader, BASE_ALLOCATION_ID, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE,
@@ -192,11 +198,13 @@ pub(crate) fn plan(shape: &Shape, command: Command, flags: u16, offset: u64, len
 /// Run the transmission phase on the calling (dedicated, blocking) thread
 /// until the client leaves, breaks the protocol, or the link is stopped;
 /// in-flight requests are always answered (within the drain timeout)
-/// before returning. `leftover` is what the handshake read past its end.
+/// before returning. `leftover` is what the handshake read past its end;
+/// `spin` is the longest idle spin ([`IdleWait`]).
 pub(crate) fn transmit(
     link: &Arc<Link>,
     leftover: Vec<u8>,
     session: &Session,
+    spin: Duration,
 ) -> Result<Ending, TransmissionError> {
     let shape = Shape {
         size: session.export.device.size(),
@@ -208,6 +216,7 @@ pub(crate) fn transmit(
     let mut reader =
         BufReader::with_capacity(READ_BUFFER, io::Cursor::new(leftover).chain(&link.socket));
     let workers = Workers::new();
+    let mut idle = IdleWait::new(spin);
     // Replies of requests served here, written in one batch when the
     // requests the client already sent are served: never held across a
     // read that could block.
@@ -222,6 +231,12 @@ pub(crate) fn transmit(
         }
         if reader.buffer().len() < REQUEST_LEN && pending.send(link).is_err() {
             break Ok(None);
+        }
+        if reader.buffer().is_empty() && leftover_taken(&reader) {
+            // Between requests: the next read would wait.
+            if let Err(e) = idle.wait(&link.socket, link.budget.is_idle()) {
+                break Err(e.into());
+            }
         }
         let mut raw = [0u8; REQUEST_LEN];
         match read_request(&mut reader, &mut raw) {
@@ -305,6 +320,12 @@ pub(crate) fn transmit(
         let (device, worker_link) = (Arc::clone(device), Arc::clone(link));
         workers.submit(move || {
             let link = worker_link;
+            if let Op::Read { offset, len, df } = op {
+                let read = ReadRequest { handle, offset, len, df, structured };
+                if send_read_in_place(&*device, &link, read) {
+                    return;
+                }
+            }
             let frame = execute_guarded(&*device, &link, op, &payload, handle, structured);
             link.buffers.give_back(payload);
             // A failed write breaks the link; the connection's thread sees it.
@@ -362,6 +383,59 @@ fn runs_inline(op: Op) -> bool {
         Op::Read { len, .. } | Op::Write { len, fua: false, .. } => len <= INLINE_MAX,
         _ => false,
     }
+}
+
+/// Whether the bytes the handshake read past its end are all consumed, so
+/// that the next read goes to the socket.
+fn leftover_taken(
+    reader: &BufReader<io::Chain<io::Cursor<Vec<u8>>, &super::socket::Socket>>,
+) -> bool {
+    let (leftover, _) = reader.get_ref().get_ref();
+    leftover.position() >= leftover.get_ref().len() as u64
+}
+
+/// A READ request as a reply needs it.
+#[derive(Debug, Clone, Copy)]
+struct ReadRequest {
+    handle: u64,
+    offset: u64,
+    len: u32,
+    df: bool,
+    structured: bool,
+}
+
+/// Serve a read straight from the device's memory
+/// ([`BlockDevice::read_in_place`]): under the reply lock, and while the
+/// device holds its lock, what the socket takes at once is sent from where
+/// the device keeps it; the rest is copied, and written once the device's
+/// lock is let go. False (with nothing sent) when the device cannot serve
+/// it in place. A failed write breaks the link; the connection's thread
+/// sees it.
+fn send_read_in_place(device: &dyn BlockDevice, link: &Link, read: ReadRequest) -> bool {
+    let mut handled = false;
+    let _ = link.send_with(|socket| {
+        let mut rest = Ok(Vec::new());
+        let mut serve = |runs: &[crate::device::ReadRun<'_>]| {
+            let reply = InPlaceReply::new(read.handle, read.offset, runs, read.df, read.structured);
+            rest = socket.send_now(&reply.slices()).map(|sent| reply.copy_tail(sent));
+        };
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            device.read_in_place(read.offset, u64::from(read.len), &mut serve)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(handle = read.handle, "block device panicked serving an NBD read");
+            Err(DeviceError::Io(io::Error::other("device panicked")))
+        });
+        let tail = match served {
+            Ok(false) => return Ok(()),
+            Ok(true) => rest?,
+            Err(e) => ReplyFrame::error(read.handle, e.errno(), &e.to_string(), read.structured)
+                .slices_owned(),
+        };
+        handled = true;
+        socket.write_all_vectored(&mut [IoSlice::new(&tail)])
+    });
+    handled
 }
 
 /// Read one request header; false on a clean end of stream before it.

@@ -23,12 +23,13 @@
 pub mod balance;
 mod clock;
 mod device;
+mod dirty;
 mod map;
 mod registry;
 mod resize;
 mod swap;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -36,6 +37,7 @@ use pmvisor_blk::DeviceError;
 use serde::Serialize;
 
 pub use clock::{Clock, VictimPolicy};
+use dirty::DirtyFrames;
 pub use map::BlockState;
 pub use registry::{default_swap_path, BlockRegions};
 pub use resize::{Disposition, GuestVictims, Rejected, ResizeReport};
@@ -140,10 +142,8 @@ struct State {
     owner: Vec<u64>,
     free: Vec<u64>,
     policy: Box<dyn VictimPolicy>,
-    /// Frames written since the last flush. A hash set, not an ordered
-    /// one: random writes over a large region insert at memory speed, and
-    /// `persist_pages` sorts what a flush needs anyway.
-    dirty_frames: HashSet<u64>,
+    /// Frames written since the last flush.
+    dirty_frames: DirtyFrames,
     dirty_map_pages: BTreeSet<u64>,
 }
 
@@ -346,7 +346,7 @@ impl BlockRegion {
                 owner,
                 free,
                 policy: Box::new(Clock::new(frames)),
-                dirty_frames: HashSet::new(),
+                dirty_frames: DirtyFrames::default(),
                 dirty_map_pages: BTreeSet::new(),
             }),
             counters: Counters::default(),
@@ -540,7 +540,7 @@ impl BlockRegion {
         for &frame in &picked {
             st.owner[frame as usize] = NO_BLOCK;
             st.policy.forget(frame);
-            st.dirty_frames.remove(&frame);
+            st.dirty_frames.remove(frame);
         }
         self.counters.evictions.fetch_add(picked.len() as u64, Ordering::Relaxed);
         Ok(picked)
@@ -597,7 +597,7 @@ impl BlockRegion {
             Some(BlockState::Resident(frame)) => {
                 st.owner[frame as usize] = NO_BLOCK;
                 st.policy.forget(frame);
-                st.dirty_frames.remove(&frame);
+                st.dirty_frames.remove(frame);
                 st.free.push(frame);
                 let at = self.frame_offset(st, frame);
                 let _ = self.media.discard(at, BLOCK);
@@ -653,7 +653,7 @@ impl BlockRegion {
         let offsets: Vec<u64> = st
             .dirty_frames
             .iter()
-            .map(|&f| self.frame_offset(st, f))
+            .map(|f| self.frame_offset(st, f))
             .chain(st.dirty_map_pages.iter().map(|&p| st.layout.offset(p)))
             .collect();
         self.persist_pages(offsets)?;

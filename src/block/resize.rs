@@ -330,7 +330,7 @@ impl BlockRegion {
         for &frame in frames {
             st.owner[frame as usize] = NO_BLOCK;
             st.policy.forget(frame);
-            st.dirty_frames.remove(&frame);
+            st.dirty_frames.remove(frame);
         }
         Ok(())
     }
@@ -374,7 +374,7 @@ impl BlockRegion {
                 st.owner[from as usize] = NO_BLOCK;
                 st.policy.forget(from);
                 st.policy.touch(to);
-                st.dirty_frames.remove(&from);
+                st.dirty_frames.remove(from);
             }
         }
         Ok(moves.len() as u64)

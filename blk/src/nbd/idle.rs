@@ -15,11 +15,12 @@
 //! connection per CPU beyond the first spins at a time, so spinners never
 //! take every CPU from their clients.
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::budget::Budget;
 use super::socket::Socket;
 
 /// The longest spin a server uses unless told otherwise.
@@ -56,6 +57,45 @@ impl SpinSlot {
 impl Drop for SpinSlot {
     fn drop(&mut self) {
         SPINNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The connection thread's reads from its socket. A read that starts a
+/// request and finds nothing waits as [`IdleWait`] says; a read inside a
+/// request spins briefly for the rest (`Read for &Socket`). Reads that find
+/// bytes cost one `recv`.
+pub(crate) struct RequestReader<'a> {
+    socket: &'a Socket,
+    budget: &'a Budget,
+    idle: IdleWait,
+    /// The next read starts a request.
+    at_boundary: bool,
+}
+
+impl<'a> RequestReader<'a> {
+    /// Reads of `socket` for a connection with `budget`, spinning for at
+    /// most `spin` between requests.
+    pub fn new(socket: &'a Socket, budget: &'a Budget, spin: Duration) -> Self {
+        RequestReader { socket, budget, idle: IdleWait::new(spin), at_boundary: false }
+    }
+
+    /// The next read starts a new request.
+    pub fn expect_request(&mut self) {
+        self.at_boundary = true;
+    }
+}
+
+impl Read for RequestReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !std::mem::take(&mut self.at_boundary) {
+            return self.socket.read(buf);
+        }
+        loop {
+            if let Some(n) = self.socket.recv_now(buf)? {
+                return Ok(n);
+            }
+            self.idle.wait(self.socket, self.budget.is_idle())?;
+        }
     }
 }
 
@@ -103,9 +143,6 @@ impl IdleWait {
     /// first only when `idle` (nothing of this connection in flight: no
     /// worker would compete for the CPU) and a spin slot is free.
     pub fn wait(&mut self, socket: &Socket, idle: bool) -> io::Result<()> {
-        if socket.readable_now()? {
-            return Ok(());
-        }
         if !idle || self.max.is_zero() {
             return socket.wait_readable();
         }
@@ -136,7 +173,7 @@ impl IdleWait {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     use super::*;

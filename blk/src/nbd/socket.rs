@@ -73,6 +73,31 @@ impl Socket {
         }
     }
 
+    /// Read what is there without waiting: `None` when nothing is.
+    pub fn recv_now(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            match rustix::net::recv(self.fd(), &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((n, _)) => return Ok(Some(n)),
+                Err(Errno::AGAIN) => return Ok(None),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Read, waiting for the rest of a request the client is sending: a
+    /// short spin before sleeping.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(n) = self.recv_now(buf)? {
+                return Ok(n);
+            }
+            if !idle::spin_until_readable(self, idle::REST_OF_REQUEST_SPIN)? {
+                self.wait_readable()?;
+            }
+        }
+    }
+
     /// Sleep until a read would not block (input, end of stream or an
     /// error); woken by input only, not by the client taking our replies.
     pub fn wait_readable(&self) -> io::Result<()> {
@@ -150,23 +175,9 @@ impl Socket {
     }
 }
 
-/// Reads of the connection's thread. Between requests it waits first (see
-/// `idle`), so a read that would block here is waiting for the rest of a
-/// request the client is sending: it spins a little before it sleeps.
 impl Read for &Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match rustix::net::recv(self.fd(), &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((n, _)) => return Ok(n),
-                Err(Errno::AGAIN) => {
-                    if !idle::spin_until_readable(self, idle::REST_OF_REQUEST_SPIN)? {
-                        self.wait_readable()?;
-                    }
-                }
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Socket::read(self, buf)
     }
 }
 
@@ -179,7 +190,7 @@ mod tests {
         let (ours, _theirs) = UnixStream::pair().unwrap();
         let socket = std::sync::Arc::new(Socket::Unix(ours));
         let reader = std::sync::Arc::clone(&socket);
-        let blocked = std::thread::spawn(move || (&*reader).read(&mut [0u8; 16]).unwrap());
+        let blocked = std::thread::spawn(move || reader.read(&mut [0u8; 16]).unwrap());
         std::thread::sleep(std::time::Duration::from_millis(50));
         socket.stop_reading();
         assert_eq!(blocked.join().unwrap(), 0);
@@ -192,7 +203,7 @@ mod tests {
         let (ours, _) = listener.accept().unwrap();
         let socket = std::sync::Arc::new(Socket::Tcp(ours));
         let reader = std::sync::Arc::clone(&socket);
-        let blocked = std::thread::spawn(move || (&*reader).read(&mut [0u8; 16]).unwrap());
+        let blocked = std::thread::spawn(move || reader.read(&mut [0u8; 16]).unwrap());
         std::thread::sleep(std::time::Duration::from_millis(50));
         socket.stop_reading();
         assert_eq!(blocked.join().unwrap(), 0);

@@ -1,5 +1,5 @@
 //! The transmission phase: the command loop of one connection, on a
-//! thread of its own with blocking reads (see `socket` for why).
+//! thread of its own (see `socket` and `idle` for how it waits).
 //!
 //! The loop reads one 28-byte request at a time, checks it completely
 //! ([`plan`]: magic, type, flags, length limits, range, read-only,
@@ -9,18 +9,19 @@
 //! connection's workers. A large read goes from the device's memory to the
 //! socket without a copy where the device allows it
 //! ([`BlockDevice::read_in_place`]). Between requests the thread waits as
-//! `idle` says (a short adaptive spin when nothing is in flight). Requests complete out of order. The replies of
-//! requests served on the thread are written together, one `writev`, once
-//! the requests the client already sent are served. At most
-//! [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] of payload are in
-//! flight (including replies waiting to be written), so a client that
-//! pipelines hard, or stops reading, only stalls itself.
+//! `idle` says (a short adaptive spin when nothing is in flight). Requests
+//! complete out of order. The replies of requests served on the thread are
+//! written together, one `writev`, once the requests the client already
+//! sent are served. At most [`MAX_IN_FLIGHT`] requests and
+//! [`MAX_IN_FLIGHT_BYTES`] of payload are in flight (including replies
+//! waiting to be written), so a client that pipelines hard, or stops
+//! reading, only stalls itself.
 //!
 //! Flush and FUA go straight to the shared device, whose flush covers every
 //! write completed on any connection: that is what multi-conn needs.
 
 use std::io::IoSlice;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::handshake::Session;
-use super::idle::IdleWait;
+use super::idle::RequestReader;
 use super::in_place::InPlaceReply;
 use super::link::Link;
 use super::proto::{
@@ -199,7 +200,7 @@ pub(crate) fn plan(shape: &Shape, command: Command, flags: u16, offset: u64, len
 /// until the client leaves, breaks the protocol, or the link is stopped;
 /// in-flight requests are always answered (within the drain timeout)
 /// before returning. `leftover` is what the handshake read past its end;
-/// `spin` is the longest idle spin ([`IdleWait`]).
+/// `spin` is the longest idle spin ([`RequestReader`]).
 pub(crate) fn transmit(
     link: &Arc<Link>,
     leftover: Vec<u8>,
@@ -213,10 +214,10 @@ pub(crate) fn transmit(
         block_status: session.block_status,
     };
     let device = &session.export.device;
+    let requests = RequestReader::new(&link.socket, &link.budget, spin);
     let mut reader =
-        BufReader::with_capacity(READ_BUFFER, io::Cursor::new(leftover).chain(&link.socket));
+        BufReader::with_capacity(READ_BUFFER, io::Cursor::new(leftover).chain(requests));
     let workers = Workers::new();
-    let mut idle = IdleWait::new(spin);
     // Replies of requests served here, written in one batch when the
     // requests the client already sent are served: never held across a
     // read that could block.
@@ -232,11 +233,8 @@ pub(crate) fn transmit(
         if reader.buffer().len() < REQUEST_LEN && pending.send(link).is_err() {
             break Ok(None);
         }
-        if reader.buffer().is_empty() && leftover_taken(&reader) {
-            // Between requests: the next read would wait.
-            if let Err(e) = idle.wait(&link.socket, link.budget.is_idle()) {
-                break Err(e.into());
-            }
+        if reader.buffer().is_empty() {
+            reader.get_mut().get_mut().1.expect_request();
         }
         let mut raw = [0u8; REQUEST_LEN];
         match read_request(&mut reader, &mut raw) {
@@ -297,19 +295,28 @@ pub(crate) fn transmit(
                 continue;
             }
         };
+        // A small write whose data is in the read buffer already is
+        // written from there; other writes' data is read into a buffer.
         let mut payload = Vec::new();
+        let mut buffered = 0;
         if let Op::Write { len, .. } = op {
             let len = len as usize;
-            payload = link.buffers.take(len);
-            if reader.buffer().len() < len && pending.send(link).is_err() {
-                break Ok(None);
-            }
-            if let Err(e) = reader.read_exact(&mut payload) {
-                break Err(e.into());
+            if runs_inline(op) && reader.buffer().len() >= len {
+                buffered = len;
+            } else {
+                payload = link.buffers.take(len);
+                if reader.buffer().len() < len && pending.send(link).is_err() {
+                    break Ok(None);
+                }
+                if let Err(e) = reader.read_exact(&mut payload) {
+                    break Err(e.into());
+                }
             }
         }
         if runs_inline(op) {
-            let frame = execute_guarded(&**device, link, op, &payload, handle, structured);
+            let data = if buffered > 0 { &reader.buffer()[..buffered] } else { &payload[..] };
+            let frame = execute_guarded(&**device, link, op, data, handle, structured);
+            reader.consume(buffered);
             link.buffers.give_back(payload);
             pending.push(frame.holding(permit));
             if pending.bytes >= PENDING_MAX && pending.send(link).is_err() {
@@ -383,15 +390,6 @@ fn runs_inline(op: Op) -> bool {
         Op::Read { len, .. } | Op::Write { len, fua: false, .. } => len <= INLINE_MAX,
         _ => false,
     }
-}
-
-/// Whether the bytes the handshake read past its end are all consumed, so
-/// that the next read goes to the socket.
-fn leftover_taken(
-    reader: &BufReader<io::Chain<io::Cursor<Vec<u8>>, &super::socket::Socket>>,
-) -> bool {
-    let (leftover, _) = reader.get_ref().get_ref();
-    leftover.position() >= leftover.get_ref().len() as u64
 }
 
 /// A READ request as a reply needs it.

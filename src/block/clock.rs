@@ -15,6 +15,12 @@ pub trait VictimPolicy: Send + std::fmt::Debug {
     fn choose(&mut self, occupied: &dyn Fn(u64) -> bool, frames: u64) -> Option<u64>;
     /// The number of frames changed (quota resize).
     fn resize(&mut self, frames: u64);
+    /// Look at `frame` and those after it first (a hint): a shrink empties
+    /// the frames past its new quota anyway, so a victim there saves
+    /// moving a block out of the way.
+    fn look_from(&mut self, frame: u64) {
+        let _ = frame;
+    }
 }
 
 /// CLOCK: a reference bit per frame and a hand sweeping over them; a frame
@@ -72,6 +78,15 @@ impl VictimPolicy for Clock {
             self.hand = 0;
         }
     }
+
+    /// Move the hand: a sweep that starts at the shrink's tail gives the
+    /// blocks there their second chance first, and so takes its victims
+    /// there when they are as cold as the rest.
+    fn look_from(&mut self, frame: u64) {
+        if (frame as usize) < self.referenced.len() {
+            self.hand = frame;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +102,24 @@ mod tests {
         assert_eq!(c.choose(&|_| true, 4), Some(3));
         // 0 and 1 lost their bits on the first sweep.
         assert_eq!(c.choose(&|_| true, 4), Some(0));
+    }
+
+    #[test]
+    fn a_sweep_from_the_tail_takes_equally_cold_victims_there_and_still_spares_the_hot() {
+        let mut c = Clock::new(8);
+        (0..8).for_each(|f| c.touch(f));
+        c.look_from(6);
+        // Every frame is referenced: the sweep clears 6, 7, 0..5, then
+        // takes 6 and 7 rather than the head.
+        assert_eq!(c.choose(&|_| true, 8), Some(6));
+        assert_eq!(c.choose(&|_| true, 8), Some(7));
+        // A tail touched again keeps its second chance; a cold head frame
+        // goes first.
+        let mut c = Clock::new(8);
+        c.touch(6);
+        c.touch(7);
+        c.look_from(6);
+        assert_eq!(c.choose(&|_| true, 8), Some(0));
     }
 
     #[test]

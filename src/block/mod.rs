@@ -28,6 +28,7 @@ mod map;
 mod registry;
 mod resize;
 mod swap;
+mod swap_file;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +42,8 @@ use dirty::DirtyFrames;
 pub use map::BlockState;
 pub use registry::{default_swap_path, BlockRegions};
 pub use resize::{Disposition, GuestVictims, Rejected, ResizeReport};
-pub use swap::{FileSwap, MediaSwap, SlotAllocator, SwapStore, SwapTier};
+pub use swap::{MediaSwap, SlotAllocator, SwapStore, SwapTier};
+pub use swap_file::FileSwap;
 
 use crate::pool::{Media, Pool, PoolError, RegionKind, RegionLayout, PAGE_SIZE};
 
@@ -180,7 +182,10 @@ fn in_parallel<T: Sync>(
     blocks: usize,
     copy: impl Fn(&T) -> std::io::Result<()> + Sync,
 ) -> std::io::Result<()> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(COPY_THREADS);
+    // Asked once: the answer reads cgroup files, too slow for every fault.
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = cpus.min(COPY_THREADS);
     if threads < 2 || blocks < PARALLEL_FROM || items.len() < 2 {
         return items.iter().try_for_each(&copy);
     }
@@ -524,19 +529,16 @@ impl BlockRegion {
             slots.iter().for_each(|&s| allocator.release(s));
             return Err(io(e));
         }
-        let mut pages = BTreeSet::new();
+        let mut pages = Vec::with_capacity(picked.len());
         for (&frame, &slot) in picked.iter().zip(&slots) {
             let block = st.owner[frame as usize];
             let raw = BlockState::Swapped(slot).encode();
             st.map[block as usize] = raw;
             let (at, page) = self.entry_offset(st, block);
             self.media.write(at, &raw.to_le_bytes()).map_err(io)?;
-            pages.insert(page);
+            pages.push(st.layout.offset(page));
         }
-        for &page in &pages {
-            self.media.flush(st.layout.offset(page), PAGE_SIZE).map_err(io)?;
-        }
-        self.media.barrier().map_err(io)?;
+        self.persist_pages(pages)?;
         for &frame in &picked {
             st.owner[frame as usize] = NO_BLOCK;
             st.policy.forget(frame);
@@ -604,8 +606,11 @@ impl BlockRegion {
             }
             Some(BlockState::Swapped(slot)) => {
                 if let Some(tier) = &self.swap {
-                    tier.slots.lock().unwrap_or_else(|p| p.into_inner()).release(slot);
+                    // Punched before it is free: once free, another region
+                    // may take it and store into it.
+                    let mut slots = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
                     tier.store.discard_slot(slot);
+                    slots.release(slot);
                 }
             }
             _ => {}
@@ -662,25 +667,22 @@ impl BlockRegion {
         Ok(())
     }
 
-    /// Make the pages at these medium offsets durable: one flush per
-    /// contiguous run, one barrier for all.
+    /// Make the pages at these medium offsets durable: their contiguous
+    /// runs flushed together (`Media::flush_ranges`), one barrier for all.
     fn persist_pages(&self, mut offsets: Vec<u64>) -> Result<(), DeviceError> {
         if offsets.is_empty() {
             return Ok(());
         }
         offsets.sort_unstable();
         offsets.dedup();
-        let mut i = 0;
-        while i < offsets.len() {
-            let start = offsets[i];
-            let mut end = start + PAGE_SIZE;
-            i += 1;
-            while i < offsets.len() && offsets[i] == end {
-                end += PAGE_SIZE;
-                i += 1;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for offset in offsets {
+            match ranges.last_mut() {
+                Some((start, len)) if *start + *len == offset => *len += PAGE_SIZE,
+                _ => ranges.push((offset, PAGE_SIZE)),
             }
-            self.media.flush(start, end - start).map_err(io)?;
         }
+        self.media.flush_ranges(&ranges).map_err(io)?;
         self.media.barrier().map_err(io)
     }
 
@@ -799,8 +801,8 @@ impl BlockRegion {
         let mut slots = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
         for &entry in &st.map {
             if let Some(BlockState::Swapped(slot)) = BlockState::decode(entry) {
-                slots.release(slot);
                 tier.store.discard_slot(slot);
+                slots.release(slot);
             }
         }
     }

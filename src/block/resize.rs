@@ -100,8 +100,9 @@ fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
     s.serialize_u64(d.as_micros() as u64)
 }
 
-/// Most blocks evicted or copied in one batch (bounds the buffers).
-const BATCH: usize = 4096;
+/// Most blocks evicted or copied in one batch (64 MiB): bounds the lists
+/// of a batch and the data written before its entries are.
+const BATCH: usize = 16384;
 
 impl BlockRegion {
     /// Resident blocks now, and the quota, in frames.
@@ -161,22 +162,6 @@ impl BlockRegion {
         let info =
             self.pool.resize_region(&self.name, (self.map_pages + new_frames) * PAGE_SIZE)?;
         st.layout = RegionLayout::new(&info.extents);
-        // Map the new frames in at once rather than a fault per first touch.
-        let mut run: Option<(u64, u64)> = None;
-        for frame in old_frames..new_frames {
-            let at = self.frame_offset(st, frame);
-            match &mut run {
-                Some((start, len)) if *start + *len == at => *len += BLOCK,
-                _ => {
-                    if let Some((start, len)) = run.replace((at, BLOCK)) {
-                        let _ = self.media.populate(start, len);
-                    }
-                }
-            }
-        }
-        if let Some((start, len)) = run {
-            let _ = self.media.populate(start, len);
-        }
         st.owner.resize(new_frames as usize, NO_BLOCK);
         st.free.extend((old_frames..new_frames).rev());
         st.policy.resize(new_frames);
@@ -245,6 +230,9 @@ impl BlockRegion {
         }
         report.guest_kept = keeps.len() as u64;
         let mut left = short - keeps.len() as u64;
+        if left > 0 {
+            st.policy.look_from(new_frames);
+        }
         while left > 0 {
             let freed = self.evict_batch(st, left.min(BATCH as u64)).map_err(device)?;
             left -= freed.len() as u64;
@@ -339,7 +327,10 @@ impl BlockRegion {
     /// `new_frames`: copies first, one persist of the targets, then the
     /// entries and one persist of their pages. Returns the blocks moved.
     fn compact(&self, st: &mut State, new_frames: u64) -> Result<u64, DeviceError> {
+        // Targets in descending order, popped ascending: both streams of
+        // the copies run forwards through memory.
         let mut low_free: Vec<u64> = st.free.iter().copied().filter(|&f| f < new_frames).collect();
+        low_free.sort_unstable_by(|a, b| b.cmp(a));
         let moves: Vec<(u64, u64, u64)> = (new_frames..st.frames)
             .filter(|&f| st.owner[f as usize] != NO_BLOCK)
             .map(|f| {

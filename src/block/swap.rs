@@ -7,11 +7,7 @@
 //! in use is not stored by the tier at all: the block maps of the regions
 //! name them, and [`SlotAllocator`] is rebuilt from the maps at open.
 
-use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::pool::{Media, PAGE_SIZE};
@@ -28,7 +24,8 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
         Ok(())
     }
     /// Store the blocks at byte `offsets` of `media` in slots `first..`,
-    /// in order. A file tier writes them straight from the medium.
+    /// in order; the caller keeps writers away from those blocks meanwhile.
+    /// A file tier copies them straight from the medium.
     fn write_slots_from(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
         let mut run = vec![0u8; offsets.len() * PAGE_SIZE as usize];
         for (block, &offset) in run.chunks_mut(PAGE_SIZE as usize).zip(offsets) {
@@ -53,86 +50,6 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
     fn sync(&self) -> io::Result<()>;
     /// `slot` is free; the store may give its space back.
     fn discard_slot(&self, slot: u64);
-}
-
-/// A swap file: slot `n` at byte `n * 4096`, grown on demand, sparse.
-#[derive(Debug)]
-pub struct FileSwap {
-    path: PathBuf,
-    file: File,
-}
-
-impl FileSwap {
-    /// Open or create the swap file at `path`.
-    pub fn open(path: &Path) -> io::Result<FileSwap> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        Ok(FileSwap { path: path.to_path_buf(), file })
-    }
-
-    /// Where the swap file is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl SwapStore for FileSwap {
-    fn write_slot(&self, slot: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, slot * PAGE_SIZE)
-    }
-
-    fn write_slots(&self, first: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, first * PAGE_SIZE)
-    }
-
-    fn write_slots_from(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
-        media.write_ranges_to(&block_ranges(offsets), &self.file, first * PAGE_SIZE)
-    }
-
-    fn read_slots_into(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
-        media.read_ranges_from(&block_ranges(offsets), &self.file, first * PAGE_SIZE)
-    }
-
-    fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], slot * PAGE_SIZE + done as u64)? {
-                // Past the end of the file: never written, reads as zeros.
-                0 => {
-                    buf[done..].fill(0);
-                    break;
-                }
-                n => done += n,
-            }
-        }
-        Ok(())
-    }
-
-    fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    fn discard_slot(&self, slot: u64) {
-        use rustix::fs::FallocateFlags;
-        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-        let _ = rustix::fs::fallocate(&self.file, flags, slot * PAGE_SIZE, PAGE_SIZE);
-    }
-}
-
-/// The blocks at byte `offsets` as `(offset, len)` ranges, neighbours in
-/// the medium merged.
-fn block_ranges(offsets: &[u64]) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for &offset in offsets {
-        match ranges.last_mut() {
-            Some((start, len)) if *start + *len == offset => *len += PAGE_SIZE,
-            _ => ranges.push((offset, PAGE_SIZE)),
-        }
-    }
-    ranges
 }
 
 /// Swap slots on a [`Media`] window (crash tests: the slots share the crash
@@ -176,52 +93,70 @@ impl SwapStore for MediaSwap {
     fn discard_slot(&self, _slot: u64) {}
 }
 
-/// Free and used swap slots, shared by every block region of a pool.
+/// Free and used swap slots, shared by every block region of a pool: a bit
+/// per slot, and the lowest slot that may be free, so that allocation
+/// takes the lowest free slot (keeping the file small) in a few word
+/// reads, and an eviction of 65,536 blocks allocates in well under a
+/// millisecond.
 #[derive(Debug, Default)]
 pub struct SlotAllocator {
-    used: BTreeSet<u64>,
-    /// Freed below `next`, reused first (lowest first keeps the file small).
-    free: BTreeSet<u64>,
-    next: u64,
+    used: Vec<u64>,
+    /// Every slot below it is used.
+    lowest_free: u64,
+    count: u64,
 }
 
 impl SlotAllocator {
-    /// Record a slot a block map names (at open).
+    fn is_used(&self, slot: u64) -> bool {
+        self.used.get((slot / 64) as usize).is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
+    fn set(&mut self, slot: u64) {
+        let word = (slot / 64) as usize;
+        if word >= self.used.len() {
+            self.used.resize(word + 1, 0);
+        }
+        self.used[word] |= 1 << (slot % 64);
+        self.count += 1;
+    }
+
+    /// Record a slot a block map names (at open); false when it was
+    /// already named.
     pub fn claim(&mut self, slot: u64) -> bool {
-        if !self.used.insert(slot) {
+        if self.is_used(slot) {
             return false;
         }
-        self.free.remove(&slot);
-        while self.next < slot {
-            self.free.insert(self.next);
-            self.next += 1;
-        }
-        if slot >= self.next {
-            self.next = slot + 1;
-        }
+        self.set(slot);
         true
     }
 
-    /// Take a free slot.
+    /// Take the lowest free slot.
     pub fn allocate(&mut self) -> u64 {
-        let slot = self.free.pop_first().unwrap_or_else(|| {
-            self.next += 1;
-            self.next - 1
-        });
-        self.used.insert(slot);
+        let mut word = (self.lowest_free / 64) as usize;
+        while word < self.used.len() && self.used[word] == u64::MAX {
+            word += 1;
+        }
+        let slot = match self.used.get(word) {
+            Some(&bits) => word as u64 * 64 + u64::from((!bits).trailing_zeros()),
+            None => word as u64 * 64,
+        };
+        self.set(slot);
+        self.lowest_free = slot + 1;
         slot
     }
 
     /// Give a slot back (its map entry no longer names it, durably).
     pub fn release(&mut self, slot: u64) {
-        if self.used.remove(&slot) {
-            self.free.insert(slot);
+        if self.is_used(slot) {
+            self.used[(slot / 64) as usize] &= !(1 << (slot % 64));
+            self.count -= 1;
+            self.lowest_free = self.lowest_free.min(slot);
         }
     }
 
     /// Slots in use.
     pub fn used(&self) -> u64 {
-        self.used.len() as u64
+        self.count
     }
 }
 
@@ -243,6 +178,26 @@ impl SwapTier {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn allocation_hands_out_the_lowest_free_slot(
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u64..200), 0..300),
+        ) {
+            let (mut a, mut model) = (SlotAllocator::default(), std::collections::BTreeSet::new());
+            for (allocate, slot) in ops {
+                if allocate {
+                    let expected = (0..).find(|s| !model.contains(s)).unwrap();
+                    proptest::prop_assert_eq!(a.allocate(), expected);
+                    model.insert(expected);
+                } else {
+                    a.release(slot);
+                    model.remove(&slot);
+                }
+                proptest::prop_assert_eq!(a.used(), model.len() as u64);
+            }
+        }
+    }
+
     #[test]
     fn slots_claimed_at_open_are_never_handed_out() {
         let mut a = SlotAllocator::default();
@@ -253,18 +208,5 @@ mod tests {
         a.release(1);
         assert_eq!(a.allocate(), 1);
         assert_eq!(a.used(), 5);
-    }
-
-    #[test]
-    fn file_swap_round_trips_and_unwritten_slots_read_as_zeros() {
-        let dir = tempfile::tempdir().unwrap();
-        let swap = FileSwap::open(&dir.path().join("s/pool.swap")).unwrap();
-        swap.write_slot(2, &[7u8; 4096]).unwrap();
-        swap.sync().unwrap();
-        let mut buf = [1u8; 4096];
-        swap.read_slot(2, &mut buf).unwrap();
-        assert_eq!(buf, [7u8; 4096]);
-        swap.read_slot(9, &mut buf).unwrap();
-        assert_eq!(buf, [0u8; 4096]);
     }
 }

@@ -1,29 +1,42 @@
-//! Giving freed pages back to the medium off the caller's path.
+//! Giving freed pages back to the medium off the caller's path, and not
+//! at once.
 //!
 //! A freed range is free in the catalog at once (the free space is the
 //! complement of the regions, so nothing here is ever persisted), but
 //! punching it out of a file medium (`Media::discard`) costs time in
 //! proportion to its size: on tmpfs, 256 MiB is tens of milliseconds of
-//! page freeing. Shrinks and deletes queue their ranges here instead, and
-//! one thread discards them.
+//! page freeing, and taking the pages again costs as much once more
+//! (allocating, zeroing and mapping them). Shrinks and deletes queue their
+//! ranges here instead, and one thread discards each range once it has
+//! been free for [`DISCARD_DELAY`], the way memory allocators let freed
+//! memory decay before they return it: a region that shrinks and grows
+//! again within the delay takes back pages that are still allocated and
+//! mapped, at no cost.
 //!
 //! The one rule: a range must not be discarded after a new owner has
 //! started to use it. Every allocation passes its pages through
-//! [`Discards::claim`] before it zeroes them, which drops them from the
-//! queue (zeroing punches them anyway) and waits while the thread is
-//! discarding any of them. A crash loses the queue, which only leaves
-//! pages allocated in the file.
+//! [`Discards::claim`] before it uses them, which drops them from the
+//! queue, says which of them were still queued (so still allocated and
+//! mapped), and waits while the thread is discarding any of them. A crash
+//! loses the queue, which only leaves pages allocated in the file.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::{Extent, Media, PAGE_SIZE};
 
+/// How long a freed range stays allocated before it is given back.
+pub const DISCARD_DELAY: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Default)]
 struct Queue {
-    pending: Vec<Extent>,
+    /// Freed ranges and when they were freed, oldest first.
+    pending: Vec<(Extent, Instant)>,
     /// Being discarded by the thread right now.
     busy: Vec<Extent>,
+    /// Discard everything now ([`Discards::settle`]).
+    hurry: bool,
     stop: bool,
 }
 
@@ -43,13 +56,19 @@ impl Shared {
 #[derive(Debug)]
 pub(super) struct Discards {
     media: Arc<dyn Media>,
+    /// How long a range stays queued ([`DISCARD_DELAY`] but in tests).
+    delay: Duration,
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Discards {
     pub(super) fn new(media: Arc<dyn Media>) -> Discards {
-        Discards { media, shared: Arc::default(), worker: Mutex::new(None) }
+        Self::with_delay(media, DISCARD_DELAY)
+    }
+
+    fn with_delay(media: Arc<dyn Media>, delay: Duration) -> Discards {
+        Discards { media, delay, shared: Arc::default(), worker: Mutex::new(None) }
     }
 
     /// Queue `extents` (already free in the catalog) for discarding.
@@ -57,56 +76,69 @@ impl Discards {
         if extents.is_empty() {
             return;
         }
-        self.shared.lock().pending.extend_from_slice(extents);
+        let now = Instant::now();
+        self.shared.lock().pending.extend(extents.iter().map(|&e| (e, now)));
         self.shared.changed.notify_all();
         let mut worker = self.worker.lock().unwrap_or_else(|p| p.into_inner());
         if worker.is_none() {
             let (media, shared) = (Arc::clone(&self.media), Arc::clone(&self.shared));
+            let delay = self.delay;
             let spawned = std::thread::Builder::new()
                 .name("pool-discard".into())
-                .spawn(move || run(media.as_ref(), &shared));
+                .spawn(move || run(media.as_ref(), &shared, delay));
             match spawned {
                 Ok(handle) => *worker = Some(handle),
                 // No thread: discard now, on the caller's path.
                 Err(err) => {
                     tracing::debug!("no discard thread ({err}); discarding inline");
                     let taken = std::mem::take(&mut self.shared.lock().pending);
-                    discard(self.media.as_ref(), &taken);
+                    discard(
+                        self.media.as_ref(),
+                        &taken.into_iter().map(|(e, _)| e).collect::<Vec<_>>(),
+                    );
                 }
             }
         }
     }
 
     /// `extents` are being given to a new owner: take them out of the
-    /// queue, and wait while any of them is being discarded.
-    pub(super) fn claim(&self, extents: &[Extent]) {
+    /// queue, and wait while any of them is being discarded. Returns the
+    /// parts that were still queued: never discarded, so still allocated.
+    pub(super) fn claim(&self, extents: &[Extent]) -> Vec<Extent> {
         let mut queue = self.shared.lock();
         if queue.pending.is_empty() && queue.busy.is_empty() {
-            return;
+            return Vec::new();
         }
         let mut kept = Vec::with_capacity(queue.pending.len());
-        for &p in &queue.pending {
+        let mut reclaimed = Vec::new();
+        for &(p, freed) in &queue.pending {
             let mut pieces = vec![p];
             for &t in extents {
+                reclaimed.extend(pieces.iter().filter_map(|&piece| intersection(piece, t)));
                 pieces = pieces.into_iter().flat_map(|piece| subtract(piece, t)).collect();
             }
-            kept.extend(pieces);
+            kept.extend(pieces.into_iter().map(|piece| (piece, freed)));
         }
         queue.pending = kept;
         while queue.busy.iter().any(|&b| extents.iter().any(|&t| overlap(b, t))) {
             queue = self.shared.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
         }
+        reclaimed
     }
 
-    /// Wait until every queued range has been discarded.
+    /// Discard every queued range now, without waiting out the delay, and
+    /// return once they are all discarded.
     pub(super) fn settle(&self) {
         let mut queue = self.shared.lock();
+        queue.hurry = true;
+        self.shared.changed.notify_all();
         while !queue.pending.is_empty() || !queue.busy.is_empty() {
             if self.worker.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-                return;
+                break;
             }
             queue = self.shared.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
         }
+        queue.hurry = false;
     }
 }
 
@@ -120,19 +152,41 @@ impl Drop for Discards {
     }
 }
 
-/// The thread: discard whatever is queued until told to stop, then finish
-/// the queue.
-fn run(media: &dyn Media, shared: &Shared) {
+/// The thread: discard each range once it has been queued for `delay`
+/// (everything at once when hurried or told to stop),
+/// until told to stop and the queue is empty.
+fn run(media: &dyn Media, shared: &Shared, delay: Duration) {
     loop {
         let batch = {
             let mut queue = shared.lock();
-            while queue.pending.is_empty() && !queue.stop {
-                queue = shared.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
+            loop {
+                let now = Instant::now();
+                let due = |freed: Instant| queue.hurry || queue.stop || now >= freed + delay;
+                if queue.pending.iter().any(|&(_, freed)| due(freed)) {
+                    break;
+                }
+                if queue.stop {
+                    return;
+                }
+                queue = match queue.pending.iter().map(|&(_, freed)| freed).min() {
+                    Some(oldest) => {
+                        let wait = (oldest + delay).saturating_duration_since(now);
+                        shared
+                            .changed
+                            .wait_timeout(queue, wait)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                    None => shared.changed.wait(queue).unwrap_or_else(|p| p.into_inner()),
+                };
             }
-            if queue.pending.is_empty() {
-                return;
-            }
-            let batch = std::mem::take(&mut queue.pending);
+            let now = Instant::now();
+            let (hurry, stop) = (queue.hurry, queue.stop);
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut queue.pending)
+                .into_iter()
+                .partition(|&(_, freed)| hurry || stop || now >= freed + delay);
+            queue.pending = later;
+            let batch: Vec<Extent> = due.into_iter().map(|(e, _)| e).collect();
             queue.busy.clone_from(&batch);
             batch
         };
@@ -150,12 +204,19 @@ fn discard(media: &dyn Media, extents: &[Extent]) {
     }
 }
 
+/// The pages `a` and `b` share, if any.
+fn intersection(a: Extent, b: Extent) -> Option<Extent> {
+    let start = a.start.max(b.start);
+    let end = (a.start + a.count).min(b.start + b.count);
+    (start < end).then(|| Extent { start, count: end - start })
+}
+
 fn overlap(a: Extent, b: Extent) -> bool {
     a.start < b.start + b.count && b.start < a.start + a.count
 }
 
 /// `a` without the pages of `b`: none, one or two pieces.
-fn subtract(a: Extent, b: Extent) -> Vec<Extent> {
+pub(super) fn subtract(a: Extent, b: Extent) -> Vec<Extent> {
     if !overlap(a, b) {
         return vec![a];
     }
@@ -224,11 +285,30 @@ mod tests {
     }
 
     #[test]
+    fn a_freed_range_is_discarded_only_once_it_has_been_free_for_the_delay() {
+        let media: Arc<dyn Media> = Arc::new(CrashMedia::new(1 << 20, TearGranularity::Nvram));
+        let discards = Discards::with_delay(media, Duration::from_millis(1000));
+        discards.push(&[e(0, 8)]);
+        std::thread::sleep(Duration::from_millis(500));
+        discards.push(&[e(16, 8)]);
+        let pending =
+            |d: &Discards| d.shared.lock().pending.iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(pending(&discards), vec![e(0, 8), e(16, 8)], "kept while young");
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(pending(&discards), vec![e(16, 8)], "the older one went first");
+        // Taken again before its time: never discarded, and said so.
+        assert_eq!(discards.claim(&[e(16, 4)]), vec![e(16, 4)]);
+        discards.settle();
+        assert!(pending(&discards).is_empty());
+    }
+
+    #[test]
     fn claimed_pages_leave_the_queue_and_the_rest_is_discarded() {
         let media: Arc<dyn Media> = Arc::new(CrashMedia::new(1 << 20, TearGranularity::Nvram));
         let discards = Discards::new(media);
         discards.push(&[e(0, 64), e(100, 20)]);
-        discards.claim(&[e(10, 10), e(100, 20)]);
+        let reclaimed = discards.claim(&[e(10, 10), e(100, 30)]);
+        assert_eq!(reclaimed, vec![e(10, 10), e(100, 20)], "what was still queued");
         discards.settle();
         let queue = discards.shared.lock();
         assert!(queue.pending.is_empty() && queue.busy.is_empty());

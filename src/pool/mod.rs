@@ -50,7 +50,7 @@ mod media;
 mod recovery;
 mod region;
 mod superblock;
-mod sys;
+pub(crate) mod sys;
 mod window;
 
 use std::collections::BTreeMap;
@@ -62,6 +62,7 @@ use serde::Serialize;
 
 pub use check::{CheckReport, Problem};
 pub use data::RegionLayout;
+pub use discard::DISCARD_DELAY;
 pub use error::{ErrorKind, PoolError, Result};
 pub use file_media::MappedMedia;
 pub use media::{Media, MediaKind};
@@ -180,7 +181,8 @@ pub struct Pool {
 enum Fill {
     /// Zeros, durably (they may be read before they are written).
     Zero,
-    /// Space only: the owner writes every page before reading it.
+    /// Space only (and mapped in): the owner writes every page before
+    /// reading it.
     Reserve,
 }
 
@@ -452,19 +454,34 @@ impl Pool {
     /// Zero and reserve newly taken pages, then commit `change`; on failure
     /// the pages go back to the free space.
     fn prepare_and_commit(&self, st: &mut State, taken: &[Extent], change: Change) -> Result<()> {
-        self.prepare_and_commit_with(st, taken, Fill::Zero, change)
+        self.prepare_and_commit_with(st, taken, Fill::Zero, change).map(drop)
     }
 
     /// [`Pool::prepare_and_commit`], the new pages zeroed or only reserved.
+    /// Returns the pages that were prepared: reserved pages that were never
+    /// given back to the medium since they were freed are not.
     fn prepare_and_commit_with(
         &self,
         st: &mut State,
         taken: &[Extent],
         fill: Fill,
         change: Change,
-    ) -> Result<()> {
-        self.discards.claim(taken);
-        let result = taken
+    ) -> Result<Vec<Extent>> {
+        let reclaimed = self.discards.claim(taken);
+        // Reserved pages that were never discarded are allocated and mapped
+        // already: only the others need reserving (and mapping in).
+        let fresh: Vec<Extent> = match fill {
+            Fill::Zero => taken.to_vec(),
+            Fill::Reserve => taken
+                .iter()
+                .flat_map(|&t| {
+                    reclaimed.iter().fold(vec![t], |pieces, &r| {
+                        pieces.into_iter().flat_map(|p| discard::subtract(p, r)).collect()
+                    })
+                })
+                .collect(),
+        };
+        let result = fresh
             .iter()
             .try_for_each(|e| {
                 let (at, len) = (e.start * PAGE_SIZE, e.count * PAGE_SIZE);
@@ -484,7 +501,7 @@ impl Pool {
                 st.catalog.free.release(*e);
             }
         }
-        result
+        result.map(|()| fresh)
     }
 
     /// Make `change` durable (a journal record, or a checkpoint when the
@@ -669,7 +686,16 @@ impl Pool {
         // A block region grows by frames, which the block layer always
         // writes before it reads them: reserving them is enough.
         let fill = if entry.kind == RegionKind::Block { Fill::Reserve } else { Fill::Zero };
-        self.prepare_and_commit_with(&mut st, &taken, fill, Change::Put(entry.clone()))?;
+        let fresh =
+            self.prepare_and_commit_with(&mut st, &taken, fill, Change::Put(entry.clone()))?;
+        drop(st);
+        if fill == Fill::Reserve {
+            // Mapped in at once (outside the pool's lock) rather than a
+            // fault per first touch; a hint, so failures are ignored.
+            for e in fresh {
+                let _ = self.media.populate(e.start * PAGE_SIZE, e.count * PAGE_SIZE);
+            }
+        }
         Ok(RegionInfo::from_entry(&entry))
     }
 

@@ -1,0 +1,447 @@
+//! `FileSwap`: the swap tier in a file, slot `n` at byte `n * 4096`.
+//!
+//! The file is mapped, so an eviction is a copy from the pool's mapping
+//! into this one and a fault the copy back: no system call per run of
+//! blocks and none of the per-page work of `pwritev`/`preadv` through the
+//! page cache (on tmpfs those cost about three times a memcpy). The mapping
+//! reserves address space for [`RESERVE`] bytes at open and never moves;
+//! the file grows under it in steps of at least [`GROW_STEP`], each
+//! allocated with `fallocate` before any store reaches it. (A store into a
+//! page the file system cannot provide is a SIGBUS; this way a full file
+//! system is an error when the file grows.) Slots given back with
+//! [`SwapStore::discard_slot`] are punched out and remembered as holes (the
+//! holes of an existing file are found once, at open); a store allocates
+//! the holes among its slots again first, and a read that would touch a
+//! hole reads it with `pread` instead. `sync` is `fdatasync`, which writes
+//! back what was stored through the mapping too.
+//!
+//! The copies rely on the slot and frame rules of block regions: a slot
+//! belongs to one block, and a block is only moved with its region's lock
+//! held, so no two copies touch one slot or one frame at once.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{FallocateFlags, SeekFrom};
+
+use super::swap::SwapStore;
+use crate::pool::{sys, Media, PAGE_SIZE};
+
+/// Address space reserved for the file: the most it can grow to.
+pub const RESERVE: u64 = 4 << 40;
+/// The smallest step the file grows by.
+const GROW_STEP: u64 = 64 << 20;
+/// Most separate holes remembered; beyond it freed slots are not punched
+/// (they keep their space until reused).
+const MAX_HOLES: usize = 1 << 20;
+
+/// A swap file, mapped. See the module documentation.
+#[derive(Debug)]
+pub struct FileSwap {
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    space: Mutex<Space>,
+}
+
+/// What of the file the mapping may touch.
+#[derive(Debug, Default)]
+struct Space {
+    /// Bytes of the file (whole slots); nothing past it is touched.
+    len: u64,
+    /// Runs of slots that are holes, `start -> end` (exclusive), merged.
+    holes: BTreeMap<u64, u64>,
+}
+
+impl Space {
+    fn add_hole(&mut self, start: u64, end: u64) {
+        let (mut start, mut end) = (start, end);
+        if let Some((&s, &e)) = self.holes.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+                self.holes.remove(&s);
+            }
+        }
+        while let Some((&s, &e)) = self.holes.range(start..=end).next() {
+            end = end.max(e);
+            self.holes.remove(&s);
+        }
+        self.holes.insert(start, end);
+    }
+
+    /// The holes among slots `first..end`, taken out of the set.
+    fn take_holes(&mut self, first: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut taken = Vec::new();
+        let from = self.holes.range(..=first).next_back().map_or(first, |(&s, _)| s);
+        let overlapping: Vec<(u64, u64)> = self
+            .holes
+            .range(from..end)
+            .map(|(&s, &e)| (s, e))
+            .filter(|&(_, e)| e > first)
+            .collect();
+        for (s, e) in overlapping {
+            self.holes.remove(&s);
+            if s < first {
+                self.holes.insert(s, first);
+            }
+            if e > end {
+                self.holes.insert(end, e);
+            }
+            taken.push((s.max(first), e.min(end)));
+        }
+        taken
+    }
+
+    fn any_hole(&self, first: u64, end: u64) -> bool {
+        let from = self.holes.range(..=first).next_back().map_or(first, |(&s, _)| s);
+        self.holes.range(from..end).any(|(_, &e)| e > first)
+    }
+}
+
+impl FileSwap {
+    /// Open or create the swap file at `path`.
+    pub fn open(path: &Path) -> io::Result<FileSwap> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let len = file.metadata()?.len();
+        if len > RESERVE {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "the swap file is larger than the {} TiB a swap tier may use",
+                    RESERVE >> 40
+                ),
+            ));
+        }
+        let map = MmapOptions::new().len(RESERVE as usize).map_raw(&file)?;
+        // Whole slots only (a file cut short by a crash while it grew).
+        let mut space = Space { len: len / PAGE_SIZE * PAGE_SIZE, holes: BTreeMap::new() };
+        find_holes(&file, &mut space)?;
+        Ok(FileSwap { path: path.to_path_buf(), file, map, space: Mutex::new(space) })
+    }
+
+    /// Where the swap file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn space(&self) -> MutexGuard<'_, Space> {
+        self.space.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// Make slots `first..first + count` safe to store into: grow the file
+    /// over them, and allocate again any that were punched.
+    fn prepare(&self, first: u64, count: u64) -> io::Result<()> {
+        let end = first
+            .checked_add(count)
+            .and_then(|end| end.checked_mul(PAGE_SIZE))
+            .filter(|&end| end <= RESERVE)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("the swap tier is full ({} TiB)", RESERVE >> 40),
+                )
+            })?;
+        let mut space = self.space();
+        if end > space.len {
+            let new_len = end.max(space.len + GROW_STEP.max(space.len / 8)).min(RESERVE);
+            rustix::fs::fallocate(
+                &self.file,
+                FallocateFlags::empty(),
+                space.len,
+                new_len - space.len,
+            )?;
+            space.len = new_len;
+        }
+        for (s, e) in space.take_holes(first, first + count) {
+            let allocated = rustix::fs::fallocate(
+                &self.file,
+                FallocateFlags::KEEP_SIZE,
+                s * PAGE_SIZE,
+                (e - s) * PAGE_SIZE,
+            );
+            if let Err(err) = allocated {
+                space.add_hole(s, e);
+                return Err(err.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether slots `first..first + count` may be read through the
+    /// mapping: inside the file, and no hole (a read fault on a tmpfs hole
+    /// allocates a page, which may fail).
+    fn mapped_readable(&self, first: u64, count: u64) -> io::Result<bool> {
+        let space = self.space();
+        Ok((first + count) * PAGE_SIZE <= space.len && !space.any_hole(first, first + count))
+    }
+
+    /// Read slot `slot` with `pread`: bytes past the end of the file and in
+    /// holes read as zeros.
+    fn pread_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], slot * PAGE_SIZE + done as u64)? {
+                0 => {
+                    buf[done..].fill(0);
+                    break;
+                }
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SwapStore for FileSwap {
+    fn write_slot(&self, slot: u64, data: &[u8]) -> io::Result<()> {
+        self.write_slots(slot, &data[..PAGE_SIZE as usize])
+    }
+
+    fn write_slots(&self, first: u64, data: &[u8]) -> io::Result<()> {
+        self.prepare(first, (data.len() as u64).div_ceil(PAGE_SIZE))?;
+        // SAFETY: the slots are allocated pages of the file under the live
+        // mapping (`prepare`), and only this block's mover touches them
+        // (module documentation).
+        unsafe { sys::copy_in(self.base(), first * PAGE_SIZE, data) };
+        Ok(())
+    }
+
+    fn write_slots_from(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
+        self.prepare(first, offsets.len() as u64)?;
+        let mut block = Vec::new();
+        for (slot, offset, len) in runs(first, offsets) {
+            // SAFETY: the frames' region holds its lock while it evicts, so
+            // nothing writes them during this copy.
+            let data = match unsafe { media.bytes_in_place(offset, len) } {
+                Some(data) => data,
+                None => {
+                    block.resize(len as usize, 0);
+                    media.read(offset, &mut block)?;
+                    &block[..]
+                }
+            };
+            // SAFETY: the slots are allocated pages of the file under the
+            // live mapping (`prepare`) that only this eviction touches.
+            unsafe { sys::copy_in(self.base(), slot * PAGE_SIZE, data) };
+        }
+        Ok(())
+    }
+
+    fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {
+        let buf = &mut buf[..PAGE_SIZE as usize];
+        if !self.mapped_readable(slot, 1)? {
+            return self.pread_slot(slot, buf);
+        }
+        // SAFETY: the slot is an allocated page of the file under the live
+        // mapping; nothing stores into it while its block is read.
+        unsafe { sys::copy_out(self.base(), slot * PAGE_SIZE, buf) };
+        Ok(())
+    }
+
+    fn read_slots_into(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
+        if !self.mapped_readable(first, offsets.len() as u64)? {
+            let mut block = vec![0u8; PAGE_SIZE as usize];
+            for (i, &offset) in offsets.iter().enumerate() {
+                self.pread_slot(first + i as u64, &mut block)?;
+                media.write(offset, &block)?;
+            }
+            return Ok(());
+        }
+        for (slot, offset, len) in runs(first, offsets) {
+            // SAFETY: the slots are allocated pages of the file under the
+            // live mapping (checked above); nothing stores into them while
+            // their blocks are faulted in.
+            let data = unsafe { sys::bytes_at(self.base(), slot * PAGE_SIZE, len) };
+            media.write(offset, data)?;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn discard_slot(&self, slot: u64) {
+        let mut space = self.space();
+        let inside = slot.checked_mul(PAGE_SIZE).is_some_and(|at| at < space.len);
+        if !inside || space.holes.len() >= MAX_HOLES {
+            return;
+        }
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        if rustix::fs::fallocate(&self.file, flags, slot * PAGE_SIZE, PAGE_SIZE).is_ok() {
+            space.add_hole(slot, slot + 1);
+        }
+    }
+}
+
+/// Slots `first..` paired with the blocks at `offsets`, as runs where
+/// both are consecutive: `(first slot, medium offset, bytes)`, one copy
+/// each.
+fn runs(first: u64, offsets: &[u64]) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let start = i;
+        let offset = *offsets.get(i)?;
+        i += 1;
+        while offsets.get(i) == Some(&(offset + (i - start) as u64 * PAGE_SIZE)) {
+            i += 1;
+        }
+        Some((first + start as u64, offset, (i - start) as u64 * PAGE_SIZE))
+    })
+}
+
+/// Note the holes of an existing file in `space` (`SEEK_HOLE`/`SEEK_DATA`).
+fn find_holes(file: &File, space: &mut Space) -> io::Result<()> {
+    let mut at = 0;
+    while at < space.len && space.holes.len() < MAX_HOLES {
+        let hole = rustix::fs::seek(file, SeekFrom::Hole(at))?;
+        if hole >= space.len {
+            break;
+        }
+        let data = match rustix::fs::seek(file, SeekFrom::Data(hole)) {
+            Ok(data) => data.min(space.len),
+            // No data after the hole: it runs to the end.
+            Err(rustix::io::Errno::NXIO) => space.len,
+            Err(e) => return Err(e.into()),
+        };
+        // Slots with any hole in them count as holes.
+        let (first, end) = (hole / PAGE_SIZE, data.div_ceil(PAGE_SIZE));
+        space.add_hole(first, end);
+        at = end * PAGE_SIZE;
+    }
+    if space.holes.len() >= MAX_HOLES {
+        // Too fragmented to remember: allocate everything instead.
+        rustix::fs::fallocate(file, FallocateFlags::KEEP_SIZE, 0, space.len)?;
+        space.holes.clear();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn slots_round_trip_and_unwritten_slots_read_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let swap = FileSwap::open(&dir.path().join("s/pool.swap")).unwrap();
+        swap.write_slot(2, &[7u8; 4096]).unwrap();
+        swap.sync().unwrap();
+        let mut buf = [1u8; 4096];
+        swap.read_slot(2, &mut buf).unwrap();
+        assert_eq!(buf, [7u8; 4096]);
+        // Inside the grown file but never written, and past its end.
+        swap.read_slot(9, &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 4096]);
+        swap.read_slot(1 << 30, &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 4096]);
+    }
+
+    #[test]
+    fn the_file_grows_in_allocated_steps_and_keeps_its_slots_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.swap");
+        let swap = FileSwap::open(&path).unwrap();
+        let far = (GROW_STEP / PAGE_SIZE) * 3 + 5;
+        swap.write_slots(far, &[3u8; 8192]).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.len() >= (far + 2) * PAGE_SIZE);
+        // Allocated, not sparse: a store through the mapping cannot fault
+        // on a full file system.
+        assert!(meta.blocks() * 512 >= meta.len(), "{} of {}", meta.blocks() * 512, meta.len());
+        drop(swap);
+        let again = FileSwap::open(&path).unwrap();
+        let mut buf = [0u8; 4096];
+        again.read_slot(far + 1, &mut buf).unwrap();
+        assert_eq!(buf, [3u8; 4096]);
+    }
+
+    #[test]
+    fn a_discarded_slot_reads_as_zeros_and_takes_data_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.swap");
+        let swap = FileSwap::open(&path).unwrap();
+        swap.write_slots(0, &[5u8; 3 * 4096]).unwrap();
+        let allocated = std::fs::metadata(&path).unwrap().blocks();
+        swap.discard_slot(1);
+        assert_eq!(std::fs::metadata(&path).unwrap().blocks(), allocated - 8, "punched");
+        let mut buf = [1u8; 4096];
+        swap.read_slot(1, &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 4096]);
+        swap.write_slot(1, &[6u8; 4096]).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().blocks(), allocated, "allocated again");
+        swap.read_slot(1, &mut buf).unwrap();
+        assert_eq!(buf, [6u8; 4096]);
+        swap.read_slot(2, &mut buf).unwrap();
+        assert_eq!(buf, [5u8; 4096]);
+    }
+
+    #[test]
+    fn holes_of_an_existing_file_are_found_at_open_and_filled_before_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.swap");
+        std::fs::write(&path, vec![9u8; 8 * 4096]).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        rustix::fs::fallocate(&file, punch, 2 * 4096, 3 * 4096).unwrap();
+        let swap = FileSwap::open(&path).unwrap();
+        assert_eq!(swap.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(), [(2, 5)]);
+        let mut buf = [1u8; 4096];
+        swap.read_slot(3, &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 4096]);
+        swap.write_slots(4, &[4u8; 8192]).unwrap();
+        assert_eq!(swap.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(), [(2, 4)]);
+        swap.read_slot(5, &mut buf).unwrap();
+        assert_eq!(buf, [4u8; 4096]);
+        swap.read_slot(6, &mut buf).unwrap();
+        assert_eq!(buf, [9u8; 4096]);
+    }
+
+    #[test]
+    fn neighbouring_blocks_are_copied_as_one_run() {
+        let offsets = [0, 4096, 8192, 40960, 12288, 16384];
+        assert_eq!(
+            runs(10, &offsets).collect::<Vec<_>>(),
+            [(10, 0, 12288), (13, 40960, 4096), (14, 12288, 8192)]
+        );
+        assert_eq!(runs(0, &[]).count(), 0);
+    }
+
+    #[test]
+    fn hole_runs_merge_and_split() {
+        let mut space = Space::default();
+        for slot in [5, 7, 6, 1, 2] {
+            space.add_hole(slot, slot + 1);
+        }
+        let runs = |space: &Space| space.holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>();
+        assert_eq!(runs(&space), [(1, 3), (5, 8)]);
+        assert!(space.any_hole(2, 3) && space.any_hole(0, 2) && !space.any_hole(3, 5));
+        assert_eq!(space.take_holes(2, 6), [(2, 3), (5, 6)]);
+        assert_eq!(runs(&space), [(1, 2), (6, 8)]);
+    }
+
+    #[test]
+    fn slots_beyond_the_reservation_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let swap = FileSwap::open(&dir.path().join("pool.swap")).unwrap();
+        let err = swap.write_slot(RESERVE / PAGE_SIZE, &[0u8; 4096]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(err.to_string(), "the swap tier is full (4 TiB)");
+    }
+}

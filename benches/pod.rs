@@ -1,11 +1,15 @@
 //! POD trigger to fenced: 16 block regions under write load (through the
-//! gate, as NBD and ublk requests go) and one RvmFS mount (real FUSE) with
-//! 1,000 dirty pages nobody fsync'd; no VMs yet. Each round triggers, is
-//! timed per phase, then cancels and dirties everything again. The table
-//! goes to `benches/results/pod.md`. Target: trigger to fenced ≤ 10 ms.
+//! gate, as NBD and ublk requests go), one RvmFS mount (real FUSE) with
+//! 1,000 dirty pages nobody fsync'd, and two QEMU TCG VMs whose RAM is in
+//! the pool, booted and counting (the test guest of tests/vm/), saved by
+//! the sequence and resumed by the cancel. Each round triggers, is timed
+//! per phase, then cancels and dirties everything again. The table goes to
+//! `benches/results/pod.md`. Target: trigger to fenced ≤ 10 ms.
 //!
 //! Run: `cargo bench --bench pod` (as root for the FUSE mount; without
-//! FUSE the filesystem is left out and the table says so).
+//! FUSE, or without QEMU and the test kernel that `scripts/setup` and
+//! tests/vm/kernel.sh provide, that part is left out and the table says
+//! so).
 
 use std::fmt::Write as _;
 use std::os::unix::fs::FileExt as _;
@@ -20,12 +24,87 @@ use pmvisor::fs::{create_filesystem, FsMounts};
 use pmvisor::gate::Gate;
 use pmvisor::pod::{Phase, Pod, PodMetrics, PodReport, PodTargets, Trigger};
 use pmvisor::pool::{CreateOptions, Pool};
+use pmvisor::vm::{self, VmParticipant, VmPaths, VmSpec, Vms};
 use pmvisor_blk::BlockDevice;
 
 const REGIONS: usize = 16;
 const DIRTY_PAGES: usize = 1000;
 const ROUNDS: usize = 30;
 const REGION_SIZE: u64 = 16 << 20;
+/// The VMs and their RAM.
+const VMS: [&str; 2] = ["pmvbench-pod-a", "pmvbench-pod-b"];
+const VM_MEMORY: u64 = 128 << 20;
+
+/// Run a repository script; its stdout's last line.
+fn script(path: &str, args: &[&str]) -> Result<String, String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(repo.join(path))
+        .args(args)
+        .current_dir(repo)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {path}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{path} failed ({})", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string())
+}
+
+/// The bench's QEMUs, killed when the bench ends however it ends (they run
+/// in their own process group and would outlive it).
+struct Qemus(Vec<u32>);
+
+impl Drop for Qemus {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Boot the bench's VMs, RAM in `pool`, and register them with `pod`;
+/// `Err` says why there are none.
+fn start_vms(
+    pool: &Arc<Pool>,
+    pod: &Pod,
+    dir: &Path,
+    runtime: &tokio::runtime::Runtime,
+    qemus: &mut Qemus,
+) -> Result<Arc<Vms>, String> {
+    let kernel = script("tests/vm/kernel.sh", &[])?;
+    let initrd = dir.join("initrd.gz");
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/guest_counter.sh");
+    let (guest, out) = (guest.display().to_string(), initrd.display().to_string());
+    script("tests/vm/initramfs.sh", &["--kernel", &kernel, "--script", &guest, "--out", &out])?;
+    let paths = VmPaths { run_dir: dir.join("run"), state_dir: dir.join("state") };
+    let vms = Arc::new(Vms::new(Arc::clone(pool), paths.clone()));
+    for name in VMS {
+        let mut spec = VmSpec::new(VM_MEMORY);
+        spec.kernel = Some(Path::new(&kernel).join("vmlinuz"));
+        spec.initrd = Some(initrd.clone());
+        spec.append = Some("console=ttyS0 quiet panic=-1".into());
+        spec.qemu_args = vec!["-no-reboot".into()];
+        vm::spec::create(pool, name, &spec).map_err(|e| e.to_string())?;
+        runtime.block_on(vms.start(name)).map_err(|e| e.to_string())?;
+        qemus.0.extend(vms.pid(name));
+        let participant = VmParticipant::new(Arc::clone(&vms), name, runtime.handle().clone());
+        pod.participants().register(Arc::new(participant));
+    }
+    // Booted once each counts on its console.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    for name in VMS {
+        let console = paths.console(name);
+        while !std::fs::read_to_string(&console).unwrap_or_default().contains("COUNT 3") {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("VM {name} did not boot; see {}", console.display()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(vms)
+}
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -99,6 +178,12 @@ fn main() {
         Duration::from_millis(50),
         PodMetrics::default(),
     );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut qemus = Qemus(Vec::new());
+    let vms = start_vms(&pool, &pod, dir.path(), &runtime, &mut qemus);
+    if let Err(why) = &vms {
+        eprintln!("no VMs: {why}; benchmarking without them");
+    }
     let page: Vec<u8> = (0..4096).map(|i| (i % 251) as u8).collect();
     let mut reports: Vec<PodReport> = Vec::new();
     let mut file = fs_ok.then(|| std::fs::File::create(mountpoint.join("dirty")).unwrap());
@@ -112,6 +197,9 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20)); // writers dirty the regions
         let report = pod.fence(Trigger::now("bench"));
         assert!(report.fenced, "round {round}: {report:?}");
+        for failed in report.participants.iter().filter_map(|p| p.error.as_ref()) {
+            eprintln!("round {round}: a VM did not save: {failed}");
+        }
         reports.push(report);
         pod.cancel().unwrap();
     }
@@ -120,12 +208,17 @@ fn main() {
         w.join().unwrap();
     }
     drop(file);
+    if let Ok(vms) = &vms {
+        for name in VMS {
+            let _ = runtime.block_on(vms.stop(name));
+        }
+    }
 
     let mut out = String::new();
     writeln!(out, "# POD: trigger to fenced\n").unwrap();
     writeln!(
         out,
-        "{REGIONS} block regions of {} MiB under 4 KiB write load ({} writes in all), {}, no VMs; \
+        "{REGIONS} block regions of {} MiB under 4 KiB write load ({} writes in all), {}, {}; \
          pool: 1 GiB file in {}; {ROUNDS} rounds (trigger, then cancel and dirty again); budget \
          50 ms. Target: ≤ 10 ms.\n",
         REGION_SIZE >> 20,
@@ -134,6 +227,15 @@ fn main() {
             format!("one RvmFS mount with {DIRTY_PAGES} dirty pages (4 MiB unsynced) per round")
         } else {
             "no RvmFS mount (FUSE missing)".to_string()
+        },
+        match &vms {
+            Ok(_) => format!(
+                "{} QEMU TCG VMs with {} MiB of RAM each in the pool, saved in parallel (QMP stop, \
+                 x-ignore-shared, migrate to a file) and resumed (cont) by each cancel",
+                VMS.len(),
+                VM_MEMORY >> 20
+            ),
+            Err(why) => format!("no VMs ({why})"),
         },
         dir.path().parent().unwrap().display(),
     )
@@ -172,6 +274,23 @@ fn main() {
         ms(*total.last().unwrap())
     )
     .unwrap();
+    if vms.is_ok() {
+        let saved: usize = reports
+            .iter()
+            .map(|r| r.participants.iter().filter(|p| p.saved_to.is_some()).count())
+            .sum();
+        let mut each: Vec<u64> =
+            reports.iter().flat_map(|r| r.participants.iter().map(|p| p.micros)).collect();
+        each.sort_unstable();
+        writeln!(
+            out,
+            "\nVM saves: {saved} of {} (median {} ms, max {} ms per VM, both VMs in parallel).",
+            reports.len() * VMS.len(),
+            ms(percentile(&each, 0.5)),
+            ms(*each.last().unwrap()),
+        )
+        .unwrap();
+    }
     let mut flushed: Vec<u64> = reports.iter().map(|r| r.flushed_bytes).collect();
     flushed.sort_unstable();
     writeln!(

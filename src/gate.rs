@@ -2,16 +2,21 @@
 //!
 //! Work that touches the pool (ublk queues, NBD connections, FUSE requests,
 //! resizes, RVM commits, mutating control-API requests) first calls
-//! [`Gate::enter`] and holds the returned [`GateGuard`] while it runs. The
-//! power-outage handler and the daemon's shutdown call [`Gate::close`]: from
-//! then on `enter` fails at once, and `close` waits until every guard has
-//! been dropped or its timeout passes. [`Gate::open`] lets work in again
-//! (a cancelled POD).
+//! [`Gate::enter`] (or [`Gate::enter_or_wait`]) and holds the returned
+//! [`GateGuard`] while it runs. The daemon's shutdown calls [`Gate::close`]:
+//! from then on entering fails at once, and `close` waits until every guard
+//! has been dropped or its timeout passes. The power-outage sequence calls
+//! [`Gate::hold`], which drains the same way but makes block I/O
+//! (`enter_or_wait`) wait instead of fail: a guest whose disk is held sees
+//! a slow disk, not I/O errors, and goes on if the power comes back in
+//! time. [`Gate::open`] lets work in again (a cancelled POD) and wakes the
+//! waiters; closing the gate while work waits fails it.
 //!
-//! The gate is synchronous (a mutex and a condition variable) so that plain
+//! The gate is synchronous (a mutex and condition variables) so that plain
 //! threads and tokio tasks can share it; `enter` never blocks beyond the
-//! mutex, so it is safe to call from async code. A guard is `'static` and
-//! `Send`, so it can move into `spawn_blocking` with the work it protects.
+//! mutex, so it is safe to call from async code (`enter_or_wait` is for the
+//! transports' own threads). A guard is `'static` and `Send`, so it can
+//! move into `spawn_blocking` with the work it protects.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -27,11 +32,16 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled whenever `in_flight` drops to zero.
     idle: Condvar,
+    /// Signalled when a held gate opens or closes.
+    released: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// Shut: entering fails.
     closed: bool,
+    /// Held (power-outage fence): `enter` fails, `enter_or_wait` waits.
+    held: bool,
     in_flight: usize,
 }
 
@@ -72,9 +82,25 @@ impl Gate {
         Gate::default()
     }
 
-    /// Let one piece of work in, or fail at once if the gate is closed.
+    /// Let one piece of work in, or fail at once if the gate is closed or
+    /// held.
     pub fn enter(&self) -> Result<GateGuard, GateClosed> {
         let mut state = self.shared.lock();
+        if state.closed || state.held {
+            return Err(GateClosed);
+        }
+        state.in_flight += 1;
+        Ok(GateGuard { shared: Arc::clone(&self.shared) })
+    }
+
+    /// Let one piece of work in; while the gate is held, wait until it
+    /// opens (or fail if it closes meanwhile). Blocks the calling thread:
+    /// for transports' own threads, not for async tasks.
+    pub fn enter_or_wait(&self) -> Result<GateGuard, GateClosed> {
+        let mut state = self.shared.lock();
+        while state.held && !state.closed {
+            state = self.shared.released.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
         if state.closed {
             return Err(GateClosed);
         }
@@ -82,14 +108,34 @@ impl Gate {
         Ok(GateGuard { shared: Arc::clone(&self.shared) })
     }
 
-    /// Stop new work and wait up to `timeout` for in-flight work to leave.
+    /// Stop new work for good (shutdown) and wait up to `timeout` for
+    /// in-flight work to leave. Work waiting at a held gate fails.
     ///
     /// On timeout the gate stays closed and the error says how much work is
     /// still inside; calling `close` again keeps waiting.
     pub fn close(&self, timeout: Duration) -> Result<Drained, DrainTimeout> {
-        let start = Instant::now();
         let mut state = self.shared.lock();
         state.closed = true;
+        self.shared.released.notify_all();
+        self.drain(state, timeout)
+    }
+
+    /// Hold new work (power-outage fence) and wait up to `timeout` for
+    /// in-flight work to leave: [`enter`](Gate::enter) fails and
+    /// [`enter_or_wait`](Gate::enter_or_wait) waits until [`open`](Gate::open)
+    /// (or [`close`](Gate::close)). On timeout the gate stays held.
+    pub fn hold(&self, timeout: Duration) -> Result<Drained, DrainTimeout> {
+        let mut state = self.shared.lock();
+        state.held = true;
+        self.drain(state, timeout)
+    }
+
+    fn drain(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        timeout: Duration,
+    ) -> Result<Drained, DrainTimeout> {
+        let start = Instant::now();
         while state.in_flight > 0 {
             let waited = start.elapsed();
             let Some(left) = timeout.checked_sub(waited).filter(|d| !d.is_zero()) else {
@@ -105,14 +151,18 @@ impl Gate {
         Ok(Drained { waited: start.elapsed() })
     }
 
-    /// Let work in again.
+    /// Let work in again, waiting work first.
     pub fn open(&self) {
-        self.shared.lock().closed = false;
+        let mut state = self.shared.lock();
+        state.closed = false;
+        state.held = false;
+        self.shared.released.notify_all();
     }
 
     /// Whether `enter` currently succeeds.
     pub fn is_open(&self) -> bool {
-        !self.shared.lock().closed
+        let state = self.shared.lock();
+        !state.closed && !state.held
     }
 
     /// How many guards are alive.
@@ -133,9 +183,9 @@ impl Drop for GateGuard {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.in_flight -= 1;
-        // Only `close` waits, and only once it has closed the gate: no
-        // wake-up (a futex call) for every request while the gate is open.
-        if state.in_flight == 0 && state.closed {
+        // Only `close` and `hold` wait, and only once they have shut the
+        // gate: no wake-up (a futex call) for every request while it is open.
+        if state.in_flight == 0 && (state.closed || state.held) {
             self.shared.idle.notify_all();
         }
     }
@@ -183,6 +233,40 @@ mod tests {
         assert!(gate.is_open());
         let _guard = gate.enter().unwrap();
         assert_eq!(gate.in_flight(), 1);
+    }
+
+    #[test]
+    fn a_held_gate_makes_block_io_wait_until_it_opens_and_refuses_the_rest() {
+        let gate = Gate::new();
+        gate.hold(Duration::ZERO).unwrap();
+        assert_eq!(gate.enter().unwrap_err(), GateClosed, "control work fails at once");
+        let (entered, waiting) = mpsc::channel();
+        let waiter = {
+            let gate = gate.clone();
+            thread::spawn(move || {
+                let guard = gate.enter_or_wait();
+                entered.send(()).unwrap();
+                guard.map(drop)
+            })
+        };
+        assert!(waiting.recv_timeout(Duration::from_millis(200)).is_err(), "it waits");
+        assert_eq!(gate.in_flight(), 0, "a waiter is not in flight");
+        gate.open();
+        waiting.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(waiter.join().unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn closing_a_held_gate_fails_the_work_waiting_at_it() {
+        let gate = Gate::new();
+        gate.hold(Duration::ZERO).unwrap();
+        let waiter = {
+            let gate = gate.clone();
+            thread::spawn(move || gate.enter_or_wait().map(drop))
+        };
+        thread::sleep(Duration::from_millis(50));
+        gate.close(Duration::ZERO).unwrap();
+        assert_eq!(waiter.join().unwrap(), Err(GateClosed));
     }
 
     #[test]

@@ -127,8 +127,18 @@ fn sigpwr_fences_nbd_and_rvmfs_writes_and_a_restart_opens_from_the_fence() {
     daemon.kill();
     drop(open);
     drop(guard);
+    let info = stdout_json(&mut sandbox.on_pool(&["pool", "info"]));
+    assert_eq!(
+        (&info["fence"]["state"], &info["fence"]["sequence"]),
+        (&"fenced".into(), &1.into())
+    );
+    let text = sandbox.on_pool(&["pool", "info"]).assert().success().get_output().stdout.clone();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("FENCED by power outage #1 at "), "{text}");
 
     let _daemon = sandbox.serve(&["--pool", pool.to_str().unwrap()]);
+    let info = stdout_json(&mut sandbox.on_pool(&["pool", "info"]));
+    assert_eq!(info["fence"]["state"], "lifted", "{info}");
     let status = pod_status(&sandbox);
     assert_eq!(status["state"], "serving");
     assert_eq!(status["start"]["opened_from"], "fence", "{status}");
@@ -137,6 +147,39 @@ fn sigpwr_fences_nbd_and_rvmfs_writes_and_a_restart_opens_from_the_fence() {
     common::fuse::wait_for("the mount to come back", || dir.join("log").exists());
     assert!(std::fs::read(dir.join("log")).unwrap() == data, "the unsynced file is whole");
     sandbox.on_pool(&["fs", "umount", "home"]).assert().success();
+}
+
+#[test]
+fn block_io_during_a_fence_waits_and_completes_when_it_is_cancelled() {
+    if !qemu_io_available() {
+        return;
+    }
+    let sandbox = Sandbox::in_memory();
+    sandbox.create_pool();
+    let pool = sandbox.pool();
+    let _daemon = sandbox.serve(&["--pool", pool.to_str().unwrap()]);
+    sandbox.on_pool(&["region", "create", "disk", "--size", "8M"]).assert().success();
+    stdout_json(&mut sandbox.on_pool(&["export", "add", "disk", "--nbd"]));
+    let uri = format!("nbd+unix:///disk?socket={}", sandbox.path("nbd/disk.sock").display());
+    qemu_io(&uri, &["write -P 0x11 0 1M"]);
+    stdout_json(&mut sandbox.on_pool(&["pod", "trigger"]));
+
+    // A client writing while fenced is held, not failed.
+    let writer = StdCommand::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x22 0 1M", &uri])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut writer = writer;
+    assert!(writer.try_wait().unwrap().is_none(), "the write waits at the fence");
+
+    stdout_json(&mut sandbox.on_pool(&["pod", "cancel"]));
+    let out = writer.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !stdout.contains("failed"), "{stdout}");
+    qemu_io(&uri, &["read -P 0x22 0 1M"]);
 }
 
 #[test]

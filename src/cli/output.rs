@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::size::format_size;
 use crate::daemon::api::balance::BalanceView;
 use crate::daemon::api::exports::ExportView;
-use crate::daemon::api::pool::{CheckView, PoolView};
+use crate::daemon::api::pool::{CheckView, FenceView, PoolView};
 use crate::daemon::api::regions::{BlockStatsView, RegionView, RejectedView, ResizeReportView};
 use crate::daemon::balancer::BalanceRun;
 
@@ -71,7 +71,22 @@ pub fn pool_table(pool: &PoolView) -> Table {
         ("format", format!("version {}", pool.format_version)),
         ("generation", pool.generation.to_string()),
         ("created", format_time(pool.created_unix)),
+        ("fence", fence_line(pool.fence.as_ref())),
     ])
+}
+
+/// The pool's newest power-outage fence in words.
+fn fence_line(fence: Option<&FenceView>) -> String {
+    let Some(fence) = fence else { return "never fenced".to_string() };
+    let at = format_time(fence.fenced_unix_ns / 1_000_000_000);
+    match fence.state.as_str() {
+        "fenced" => format!(
+            "FENCED by power outage #{} at {at} (start `pmvisor serve` to resume)",
+            fence.sequence
+        ),
+        "cancelled" => format!("none (outage #{} at {at} was cancelled)", fence.sequence),
+        _ => format!("none (outage #{} at {at}, lifted at the next start)", fence.sequence),
+    }
 }
 
 fn percent(part: u64, whole: u64) -> String {

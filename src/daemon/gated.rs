@@ -2,10 +2,12 @@
 //!
 //! Every request a transport (NBD, ublk) hands to a block region enters the
 //! daemon's [`Gate`] first and leaves it when the region has answered, so
-//! that closing the gate (shutdown, power-outage fence) stops block I/O and
-//! waits for the requests in flight. A request that finds the gate closed
-//! fails with [`DeviceError::ShuttingDown`] (ESHUTDOWN on the wire) without
-//! touching the pool.
+//! that shutting the gate stops block I/O and waits for the requests in
+//! flight. A request that finds the gate held by a power-outage fence
+//! waits (on the transport's thread) until the fence is cancelled: the
+//! client sees a slow disk, not an error. A request that finds the gate
+//! closed for shutdown fails with [`DeviceError::ShuttingDown`] (ESHUTDOWN
+//! on the wire) without touching the pool.
 
 use std::sync::Arc;
 
@@ -33,7 +35,7 @@ impl GatedRegion {
     }
 
     fn enter(&self) -> Result<GateGuard, DeviceError> {
-        self.gate.enter().map_err(|_| DeviceError::ShuttingDown)
+        self.gate.enter_or_wait().map_err(|_| DeviceError::ShuttingDown)
     }
 }
 
@@ -118,5 +120,28 @@ mod tests {
         assert!(matches!(device.trim(0, 4096), Err(DeviceError::ShuttingDown)));
         assert!(matches!(device.block_status(0, 4096), Err(DeviceError::ShuttingDown)));
         assert_eq!(device.size(), 1 << 20, "the size needs no gate");
+    }
+
+    #[test]
+    fn requests_wait_at_a_fence_and_complete_when_it_is_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = CreateOptions { size: 16 << 20, ..CreateOptions::default() };
+        let pool = Arc::new(Pool::create(&dir.path().join("p"), &options).unwrap());
+        let blocks = BlockRegions::open_file_swap(pool, &dir.path().join("p.swap")).unwrap();
+        let spec = BlockSpec { size: 1 << 20, resident: 1 << 20, swap: false };
+        let gate = Gate::new();
+        let device = GatedRegion::new(blocks.create("disk", spec).unwrap(), gate.clone());
+        gate.hold(Duration::from_secs(1)).unwrap();
+        let writer = {
+            let device = device.clone();
+            std::thread::spawn(move || device.write_at(0, &[9u8; 4096], true))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!writer.is_finished(), "the write waits at the fence");
+        gate.open();
+        writer.join().unwrap().unwrap();
+        let mut back = [0u8; 4096];
+        device.read_at(0, &mut back).unwrap();
+        assert_eq!(back, [9u8; 4096]);
     }
 }

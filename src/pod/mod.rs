@@ -335,7 +335,7 @@ impl<'a> Run<'a> {
 
     fn quiesce(&mut self) {
         self.phase(Phase::Quiesce, |run| {
-            let closed = run.targets().gate.close(run.left());
+            let closed = run.targets().gate.hold(run.left());
             if let Some(mounts) = &run.targets().mounts {
                 mounts.pause_requests(true);
             }
@@ -498,7 +498,7 @@ impl<'a> Run<'a> {
                 return "skipped: not fenced".into();
             }
             if !run.drained {
-                match run.targets().gate.close(PROTECT_DRAIN) {
+                match run.targets().gate.hold(PROTECT_DRAIN) {
                     Ok(_) => run.drained = true,
                     Err(e) => {
                         run.report.problems.push(format!(

@@ -86,6 +86,15 @@ pub enum FenceState {
 }
 
 impl FenceState {
+    /// The state's name, as the API and `pool info` show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FenceState::Fenced => "fenced",
+            FenceState::Cancelled => "cancelled",
+            FenceState::Lifted => "lifted",
+        }
+    }
+
     fn code(self) -> u32 {
         match self {
             FenceState::Fenced => 1,

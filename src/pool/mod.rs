@@ -148,6 +148,19 @@ pub struct PoolInfo {
     pub metadata_size: u64,
     pub journal_used: u64,
     pub created_unix: u64,
+    /// The newest power-outage fence record, if the pool was ever fenced.
+    pub fence: Option<FenceInfo>,
+}
+
+/// The newest fence record, as `pool info` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FenceInfo {
+    /// Fenced now, or lifted (at the next start) or cancelled (power back).
+    pub state: fence::FenceState,
+    /// The power-outage sequence number.
+    pub sequence: u64,
+    /// When the pool was fenced, nanoseconds since the Unix epoch.
+    pub fenced_unix_ns: u64,
 }
 
 #[derive(Debug)]
@@ -325,6 +338,11 @@ impl Pool {
             metadata_size: st.sb.data_start * PAGE_SIZE,
             journal_used: st.cursor.offset,
             created_unix: st.sb.created_unix,
+            fence: st.fence.newest.as_ref().map(|r| FenceInfo {
+                state: r.state,
+                sequence: r.sequence,
+                fenced_unix_ns: r.fenced_unix_ns,
+            }),
         }
     }
 

@@ -39,6 +39,21 @@ pub struct PoolView {
     pub journal_used: u64,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: u64,
+    /// The newest power-outage fence, if the pool was ever fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<FenceView>,
+}
+
+/// A power-outage fence record as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceView {
+    /// `fenced` (now), `lifted` (by the next start) or `cancelled` (power
+    /// came back in time).
+    pub state: String,
+    /// The power-outage sequence number.
+    pub sequence: u64,
+    /// When the pool was fenced, nanoseconds since the Unix epoch.
+    pub fenced_unix_ns: u64,
 }
 
 impl From<PoolInfo> for PoolView {
@@ -57,6 +72,11 @@ impl From<PoolInfo> for PoolView {
             metadata_size: info.metadata_size,
             journal_used: info.journal_used,
             created_unix: info.created_unix,
+            fence: info.fence.map(|f| FenceView {
+                state: f.state.name().to_string(),
+                sequence: f.sequence,
+                fenced_unix_ns: f.fenced_unix_ns,
+            }),
         }
     }
 }

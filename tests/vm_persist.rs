@@ -26,6 +26,7 @@ use pmvisor::pool::{CreateOptions, Pool};
 use pmvisor::vm::{self, ResumeKind, VmPaths, VmSpec, Vms};
 use rustix::process::{kill_process, Pid, Signal};
 
+use common::counter::{assert_counts_on, Console, Qemus};
 use common::vm as harness;
 use common::{http, Sandbox};
 
@@ -197,20 +198,6 @@ fn after_sigpwr_and_a_kill_of_everything_the_daemon_resumes_the_vm_where_it_stop
     qemus.0.clear();
 }
 
-/// The console after a resume: counts only, the first one right after
-/// `last`, each one more than the one before; no boot output.
-fn assert_counts_on(after: &str, last: u64) {
-    let lines = after.lines().filter(|l| !l.trim().is_empty());
-    for (expected, line) in (last + 1..).zip(lines) {
-        let count = line.trim().strip_prefix("COUNT ").and_then(|n| n.parse::<u64>().ok());
-        assert_eq!(
-            count,
-            Some(expected),
-            "after COUNT {last} the console printed {line:?}:\n{after}"
-        );
-    }
-}
-
 /// The kernel, the counter initramfs and a sandbox in memory; `None` (the
 /// test is skipped, or fails under CI) when a prerequisite is missing.
 fn prerequisites() -> Option<(PathBuf, PathBuf, Sandbox)> {
@@ -235,59 +222,4 @@ fn prerequisites() -> Option<(PathBuf, PathBuf, Sandbox)> {
     let initrd = sandbox.path("initrd.gz");
     harness::initramfs(&kernel, &["tests/vm/guest_counter.sh"], &initrd, &[], &[]);
     Some((kernel, initrd, sandbox))
-}
-
-/// The QEMUs a test started: they run in their own process group and
-/// would outlive a test that fails, so they are killed when it ends early.
-#[derive(Default)]
-struct Qemus(Vec<u32>);
-
-impl Drop for Qemus {
-    fn drop(&mut self) {
-        for pid in self.0.drain(..) {
-            if let Some(pid) = Pid::from_raw(pid as i32) {
-                let _ = kill_process(pid, Signal::KILL);
-            }
-        }
-    }
-}
-
-/// The guest's console log, as QEMU appends it.
-struct Console(PathBuf);
-
-impl Console {
-    fn text(&self) -> String {
-        let bytes = std::fs::read(&self.0).unwrap_or_default();
-        String::from_utf8_lossy(&bytes).replace('\r', "")
-    }
-
-    fn len(&self) -> usize {
-        self.text().len()
-    }
-
-    fn text_from(&self, offset: usize) -> String {
-        self.text().get(offset..).unwrap_or_default().to_string()
-    }
-
-    /// The last `COUNT n` on the console.
-    fn last_count(&self) -> Option<u64> {
-        let text = self.text();
-        text.lines().rev().find_map(|l| l.trim().strip_prefix("COUNT ")?.parse().ok())
-    }
-
-    fn tail(&self) -> String {
-        let text = self.text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn wait_for(&self, done: impl Fn(&Console) -> bool, deadline: Instant) -> bool {
-        while Instant::now() < deadline {
-            if done(self) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        done(self)
-    }
 }

@@ -82,6 +82,12 @@ pub enum Command {
         #[arg(long = "nbd-spin", value_name = "TIME", default_value = "200us",
               value_parser = export::parse_spin)]
         nbd_spin: std::time::Duration,
+        /// When the pool was fenced by a power outage, resume every VM that
+        /// outage saved (in parallel, once exports and mounts are back), as
+        /// `pmvisor vm resume NAME` does for one; without it saved VMs wait
+        /// for `vm resume`
+        #[arg(long = "resume-vms")]
+        resume_vms: bool,
     },
     /// The power-outage sequence (POD): trigger, cancel, status
     #[command(subcommand)]
@@ -186,9 +192,9 @@ fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&cli)?;
     match cli.command {
-        Command::Serve { pod_source, pod_budget, nbd_spin } => {
+        Command::Serve { pod_source, pod_budget, nbd_spin, resume_vms } => {
             init_logging(&settings, "info")?;
-            serve(&settings, pod_source, pod_budget, nbd_spin)?;
+            serve(&settings, pod_source, pod_budget, nbd_spin, resume_vms)?;
         }
         Command::Pod(command) => {
             init_logging(&settings, "warn")?;
@@ -226,6 +232,7 @@ fn serve(
     pod_sources: Vec<crate::pod::PodSource>,
     pod_budget: std::time::Duration,
     nbd_spin: std::time::Duration,
+    resume_vms: bool,
 ) -> anyhow::Result<()> {
     let pool = route::open_pool_to_serve(settings)?;
     let pool_path = std::fs::canonicalize(settings.pool.path()).with_context(|| {
@@ -238,6 +245,7 @@ fn serve(
         pod_sources,
         pod_budget,
         nbd_spin,
+        resume_vms,
     };
     crate::daemon::serve(pool, options)
 }

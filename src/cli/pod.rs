@@ -36,9 +36,18 @@ pub fn run(command: PodCommand, settings: &Settings) -> anyhow::Result<()> {
     }
     match command {
         PodCommand::Trigger => {
+            let sent = std::time::SystemTime::now();
             let report: PodReport = client.post("/v1/pod/trigger", &())?;
             if settings.json {
                 return print_json(&report);
+            }
+            // The daemon answers a trigger while fenced with the fence's report.
+            if Some(report.triggered_unix_ns) < unix_ns(sent) {
+                println!(
+                    "The pool is already fenced by POD #{} from {}; this trigger changed \
+                     nothing (`pmvisor pod cancel` lifts the fence).",
+                    report.sequence, report.source
+                );
             }
             println!("{}", report_text(&report));
         }
@@ -70,6 +79,11 @@ pub fn run(command: PodCommand, settings: &Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn unix_ns(at: std::time::SystemTime) -> Option<u64> {
+    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok()
 }
 
 fn micros(us: u64) -> String {

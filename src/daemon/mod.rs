@@ -7,7 +7,10 @@
 //! signal handlers, binds the socket (creating its directory, replacing a
 //! stale socket file, refusing a live one), sets the socket's mode to 0660,
 //! serves again every export recorded in the pool, mounts again every RvmFS
-//! filesystem that was mounted when the last daemon stopped, and serves.
+//! filesystem that was mounted when the last daemon stopped, adopts the
+//! VMs whose QEMU outlived it, and serves. With `--resume-vms`, a pool
+//! fenced by a power outage also gets the VMs that outage saved resumed,
+//! in the background once exports and mounts are back (see [`resume`]).
 //! Shutdown on SIGTERM or SIGINT: stop accepting API requests and let
 //! in-flight ones finish, stop every export (NBD clients get their answers
 //! and a clean disconnect), flush every block region, unmount every
@@ -21,6 +24,7 @@ pub mod balancer;
 pub mod exports;
 pub mod gated;
 pub mod regions;
+pub mod resume;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -67,6 +71,8 @@ pub struct ServeOptions {
     pub pod_budget: Duration,
     /// Longest spin of an idle NBD connection (see `NbdServer::set_idle_spin`).
     pub nbd_spin: Duration,
+    /// After a power outage, resume the VMs it saved.
+    pub resume_vms: bool,
 }
 
 /// Serve the control API and the exports of `pool` until SIGTERM or SIGINT.
@@ -80,7 +86,8 @@ pub fn serve(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
 }
 
 async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
-    let ServeOptions { pool_path, socket, swap, pod_sources, pod_budget, nbd_spin } = options;
+    let ServeOptions { pool_path, socket, swap, pod_sources, pod_budget, nbd_spin, resume_vms } =
+        options;
     // Handlers first, so a signal right after the socket appears is handled.
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -135,11 +142,16 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
         pod: Arc::clone(&pod),
         vms,
     });
-    crate::pod::report_start(&pod, start, &pool_path);
+    crate::pod::report_start(&pod, start.clone(), &pool_path);
     restore_exports(&state).await;
     restore_agents(&state).await;
     restore_mounts(&state).await;
     api::vms::adopt_running(&state).await;
+    if resume_vms {
+        // QEMUs take a while to start: the API serves meanwhile.
+        let state = Arc::clone(&state);
+        tokio::spawn(async move { resume::resume_after_outage(&state, &start).await });
+    }
     let balancing = tokio::spawn(Balancer::run(Arc::clone(&state)));
     for source in &pod_sources {
         let watched = Arc::clone(&pod);

@@ -200,8 +200,13 @@ impl Pod {
     pub fn fence(&self, trigger: Trigger) -> PodReport {
         let mut st = self.lock();
         if st.stage != Stage::Serving {
-            tracing::info!(source = %trigger.source, "POD trigger while fenced: nothing to do");
-            return st.last.clone().expect("a fenced pod has a report");
+            let last = st.last.clone().expect("a fenced pod has a report");
+            tracing::info!(
+                "POD trigger from {} while the pool is fenced by POD #{}: nothing to do",
+                trigger.source,
+                last.sequence
+            );
+            return last;
         }
         st.sequences += 1;
         let mut run = Run::new(self, &trigger, st.sequences);

@@ -29,10 +29,12 @@ impl VmParticipant {
         VmParticipant { vms, name: name.to_string(), runtime }
     }
 
-    /// Run `work` on the runtime and wait for it until `deadline`.
+    /// Run `work` on the runtime and wait for it until `deadline`; past
+    /// it, the VM "was not `what` before the deadline".
     fn run<T: Send + 'static>(
         &self,
         deadline: Instant,
+        what: &'static str,
         work: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, ParticipantError> {
         let (tx, rx) = mpsc::sync_channel(1);
@@ -40,7 +42,7 @@ impl VmParticipant {
             let _ = tx.send(work.await);
         });
         rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|_| {
-            let err = VmError::Deadline { name: self.name.clone(), what: "handled" };
+            let err = VmError::Deadline { name: self.name.clone(), what };
             Box::new(err) as ParticipantError
         })
     }
@@ -53,7 +55,8 @@ impl PodParticipant for VmParticipant {
 
     fn save(&self, deadline: Instant) -> Result<SavedState, ParticipantError> {
         let (vms, name) = (Arc::clone(&self.vms), self.name.clone());
-        let report = self.run(deadline, async move { vms.save(&name, deadline).await })??;
+        let report =
+            self.run(deadline, "saved", async move { vms.save(&name, deadline).await })??;
         if !report.saved {
             return Err(report.error.unwrap_or_else(|| "the save failed".into()).into());
         }
@@ -68,7 +71,7 @@ impl PodParticipant for VmParticipant {
     fn cancel(&self) -> Result<(), ParticipantError> {
         let (vms, name) = (Arc::clone(&self.vms), self.name.clone());
         let deadline = Instant::now() + CANCEL_TIMEOUT;
-        self.run(deadline, async move { vms.resume(&name).await })??;
+        self.run(deadline, "resumed", async move { vms.resume(&name).await })??;
         Ok(())
     }
 }

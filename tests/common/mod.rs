@@ -1,10 +1,11 @@
 //! Helpers shared by the tests that run `pmvisor serve` as a real process:
 //! a sandbox (private state dir, socket and config), a daemon handle that
 //! kills the daemon when dropped, raw HTTP over the control socket; and
-//! the test VM (`vm`).
+//! the test VM (`vm`) and the persistent-VM counter guest (`counter`).
 
 #![allow(dead_code)]
 
+pub mod counter;
 pub mod fuse;
 pub mod vm;
 

@@ -11,9 +11,15 @@ use axum::Json;
 use super::{sentence, ApiError, SharedState};
 use crate::pod::{CancelError, CancelReport, PodReport, PodStatus, Trigger};
 
-/// `GET /v1/pod`.
-pub async fn get_pod(State(state): State<SharedState>) -> Json<PodStatus> {
-    Json(state.pod.status())
+/// `GET /v1/pod`. The status waits for a sequence in progress (it holds
+/// the state), so it waits on the blocking pool: on the runtime's workers,
+/// a few polls would starve the VM saves the sequence waits for.
+pub async fn get_pod(State(state): State<SharedState>) -> Result<Json<PodStatus>, ApiError> {
+    let pod = Arc::clone(&state.pod);
+    tokio::task::spawn_blocking(move || pod.status())
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::internal(format!("reading the POD status failed: {e}")))
 }
 
 /// `POST /v1/pod/trigger`: run the sequence now (the trigger time is taken

@@ -199,21 +199,37 @@ pub async fn adopt_running(state: &SharedState) {
     }
 }
 
-/// Resume every VM that has a saved state (after a power outage, for
-/// `--resume-vms`); one result per VM, by name.
-pub async fn resume_saved(state: &SharedState) -> Vec<(String, Result<VmResumeReport, ApiError>)> {
-    let mut results = Vec::new();
-    for record in vm::spec::list(&state.pool).into_iter().flatten() {
-        if !state.vms.paths().state(&record.name).exists() {
-            continue;
-        }
-        let result = state.vms.resume(&record.name).await.map_err(ApiError::from);
-        if result.is_ok() {
-            join_pod(state, &record.name);
-        }
-        results.push((record.name, result));
+/// Resume VMs `names` from their saved states, all in parallel, as
+/// `POST /v1/vms/{name}/resume` does for one (for `serve --resume-vms`);
+/// one result per VM, by name.
+pub async fn resume_all(
+    state: &SharedState,
+    names: Vec<String>,
+) -> Vec<(String, Result<VmResumeReport, ApiError>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in names {
+        let state = Arc::clone(state);
+        tasks.spawn(async move {
+            let resumed = resume_one(&state, &name).await;
+            (name, resumed)
+        });
     }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(result) => results.push(result),
+            Err(err) => tracing::error!("a VM resume task failed: {err}"),
+        }
+    }
+    results.sort_by(|a, b| a.0.cmp(&b.0));
     results
+}
+
+async fn resume_one(state: &SharedState, name: &str) -> Result<VmResumeReport, ApiError> {
+    drop(enter_gate(state)?);
+    let report = state.vms.resume(name).await?;
+    join_pod(state, name);
+    Ok(report)
 }
 
 /// `GET /v1/vms`.
@@ -315,10 +331,7 @@ pub async fn resume_vm(
     State(state): State<SharedState>,
     Path(name): Path<String>,
 ) -> Result<Json<VmResumeReport>, ApiError> {
-    drop(enter_gate(&state)?);
-    let report = state.vms.resume(&name).await?;
-    join_pod(&state, &name);
-    Ok(Json(report))
+    resume_one(&state, &name).await.map(Json)
 }
 
 /// `POST /v1/vms/{name}/save`: pause the VM and save its device state, as

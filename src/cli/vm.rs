@@ -47,6 +47,9 @@ pub enum VmCommand {
         /// QEMU accelerator: tcg or kvm (a saved VM resumes only on the same one)
         #[arg(long, default_value = "tcg")]
         accel: String,
+        /// QEMU machine type and options (a saved VM resumes only on the same one)
+        #[arg(long, default_value = vm::spec::DEFAULT_MACHINE)]
+        machine: String,
         /// One more QEMU argument, appended as given; repeat for more
         #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
         qemu_args: Vec<String>,
@@ -111,6 +114,7 @@ pub fn run(command: VmCommand, settings: &Settings) -> anyhow::Result<()> {
             initrd,
             append,
             accel,
+            machine,
             qemu_args,
         } => {
             let disks = disks.iter().map(|d| vm::spec::parse_disk(d)).collect::<Result<_, _>>()?;
@@ -120,6 +124,7 @@ pub fn run(command: VmCommand, settings: &Settings) -> anyhow::Result<()> {
                 memory,
                 cpus: Some(cpus),
                 accel: Some(accel),
+                machine: Some(machine),
                 disks,
                 kernel: absolute(kernel)?,
                 initrd: absolute(initrd)?,

@@ -119,7 +119,7 @@ impl LaunchPlan {
             "-accel".into(),
             spec.accel.clone(),
             "-machine".into(),
-            format!("q35,memory-backend={RAM_ID}"),
+            format!("{},memory-backend={RAM_ID}", spec.machine),
             "-m".into(),
             format!("{mib}M"),
             "-smp".into(),
@@ -258,7 +258,8 @@ mod tests {
         let args = plan(spec).args();
         let joined = args.join(" ");
         assert!(joined.starts_with(
-            "-name guest=web,debug-threads=on -accel tcg -machine q35,memory-backend=pmvisor-ram -m 256M -smp 1 \
+            "-name guest=web,debug-threads=on -accel tcg \
+             -machine q35,sata=off,smbus=off,usb=off,vmport=off,memory-backend=pmvisor-ram -m 256M -smp 1 \
              -object memory-backend-file,id=pmvisor-ram,mem-path=/dev/shm/a,,b.pool,offset=1048576,size=256M,share=on \
              -nodefaults -no-user-config -display none \
              -chardev file,id=pmvisor-console,path=/run/pmvisor/vms/web.console,append=on -serial chardev:pmvisor-console \

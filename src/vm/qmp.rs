@@ -140,7 +140,9 @@ impl Qmp {
                             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                         ) =>
                 {
-                    tokio::time::sleep(Duration::from_millis(5)).await
+                    // QEMU's monitor comes up tens of ms after its start;
+                    // a resume waits for it, so look often.
+                    tokio::time::sleep(Duration::from_millis(1)).await
                 }
                 other => return other,
             }

@@ -85,8 +85,9 @@ pub struct Vms {
     qemu: PathBuf,
     running: Mutex<BTreeMap<String, Arc<Instance>>>,
     /// The version of `qemu`, once checked (a resume should not wait for
-    /// `qemu --version` every time).
-    qemu_version: std::sync::OnceLock<super::version::QemuVersion>,
+    /// `qemu --version`: it is checked on a thread of its own as soon as
+    /// the VMs are set up).
+    qemu_version: Arc<std::sync::OnceLock<super::version::QemuVersion>>,
     /// Names being started, so two starts of one VM cannot race.
     starting: Mutex<BTreeSet<String>>,
 }
@@ -98,12 +99,21 @@ impl Vms {
         let qemu = std::env::var_os("PMVISOR_QEMU")
             .filter(|v| !v.is_empty())
             .map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from);
+        let qemu_version: Arc<std::sync::OnceLock<_>> = Arc::default();
+        let (binary, version) = (qemu.clone(), Arc::clone(&qemu_version));
+        // Failing here is not an error yet: the first launch checks again
+        // and says what is wrong.
+        let _ = std::thread::Builder::new().name("qemu-version".into()).spawn(move || {
+            if let Ok(found) = check_binary(&binary) {
+                let _ = version.set(found);
+            }
+        });
         Vms {
             pool,
             paths,
             qemu,
             running: Mutex::default(),
-            qemu_version: std::sync::OnceLock::new(),
+            qemu_version,
             starting: Mutex::default(),
         }
     }

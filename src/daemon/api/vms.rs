@@ -36,6 +36,9 @@ pub struct CreateVmRequest {
     /// `tcg` or `kvm` [default: tcg].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
+    /// QEMU's machine type and options [default: a lean q35].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
     /// Disks: block region names or absolute image paths, in order.
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
@@ -60,6 +63,9 @@ impl CreateVmRequest {
         spec.cpus = self.cpus.unwrap_or(1);
         if let Some(accel) = &self.accel {
             spec.accel = accel.clone();
+        }
+        if let Some(machine) = &self.machine {
+            spec.machine = machine.clone();
         }
         spec.disks = self.disks.clone();
         spec.kernel = self.kernel.clone();

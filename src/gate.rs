@@ -12,6 +12,13 @@
 //! time. [`Gate::open`] lets work in again (a cancelled POD) and wakes the
 //! waiters; closing the gate while work waits fails it.
 //!
+//! The sequence first holds everything but the disks of the VMs it is
+//! about to save ([`Gate::hold_except`]): QEMU flushes its disks as it
+//! stops, so their I/O must go on, while the rest of the host's I/O stops
+//! and leaves the CPUs to the saves. Block I/O names its region
+//! ([`Gate::enter_or_wait_as`]); only while the gate is held is that name
+//! looked at.
+//!
 //! The gate is synchronous (a mutex and condition variables) so that plain
 //! threads and tokio tasks can share it; `enter` never blocks beyond the
 //! mutex, so it is safe to call from async code (`enter_or_wait` is for the
@@ -42,7 +49,11 @@ struct State {
     closed: bool,
     /// Held (power-outage fence): `enter` fails, `enter_or_wait` waits.
     held: bool,
+    /// While held, block I/O of these regions still enters (and counts in
+    /// `exempt_in_flight`).
+    exempt: std::collections::BTreeSet<String>,
     in_flight: usize,
+    exempt_in_flight: usize,
 }
 
 /// Proof that a piece of work is inside the gate; leaving happens on drop.
@@ -50,6 +61,8 @@ struct State {
 #[must_use = "the work is only inside the gate while the guard lives"]
 pub struct GateGuard {
     shared: Arc<Shared>,
+    /// Entered as exempt work of a held gate.
+    exempt: bool,
 }
 
 /// [`Gate::enter`] failed because the gate is closed.
@@ -90,22 +103,34 @@ impl Gate {
             return Err(GateClosed);
         }
         state.in_flight += 1;
-        Ok(GateGuard { shared: Arc::clone(&self.shared) })
+        Ok(GateGuard { shared: Arc::clone(&self.shared), exempt: false })
     }
 
     /// Let one piece of work in; while the gate is held, wait until it
     /// opens (or fail if it closes meanwhile). Blocks the calling thread:
     /// for transports' own threads, not for async tasks.
     pub fn enter_or_wait(&self) -> Result<GateGuard, GateClosed> {
+        self.enter_or_wait_as("")
+    }
+
+    /// [`enter_or_wait`](Gate::enter_or_wait) for block I/O of region
+    /// `region`, which enters a held gate that exempts it.
+    pub fn enter_or_wait_as(&self, region: &str) -> Result<GateGuard, GateClosed> {
         let mut state = self.shared.lock();
-        while state.held && !state.closed {
+        loop {
+            if state.closed {
+                return Err(GateClosed);
+            }
+            if !state.held {
+                state.in_flight += 1;
+                return Ok(GateGuard { shared: Arc::clone(&self.shared), exempt: false });
+            }
+            if !region.is_empty() && state.exempt.contains(region) {
+                state.exempt_in_flight += 1;
+                return Ok(GateGuard { shared: Arc::clone(&self.shared), exempt: true });
+            }
             state = self.shared.released.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
-        if state.closed {
-            return Err(GateClosed);
-        }
-        state.in_flight += 1;
-        Ok(GateGuard { shared: Arc::clone(&self.shared) })
     }
 
     /// Stop new work for good (shutdown) and wait up to `timeout` for
@@ -116,6 +141,7 @@ impl Gate {
     pub fn close(&self, timeout: Duration) -> Result<Drained, DrainTimeout> {
         let mut state = self.shared.lock();
         state.closed = true;
+        state.exempt.clear();
         self.shared.released.notify_all();
         self.drain(state, timeout)
     }
@@ -127,19 +153,38 @@ impl Gate {
     pub fn hold(&self, timeout: Duration) -> Result<Drained, DrainTimeout> {
         let mut state = self.shared.lock();
         state.held = true;
+        state.exempt.clear();
         self.drain(state, timeout)
     }
 
+    /// [`hold`](Gate::hold), except that block I/O of the `regions` still
+    /// enters; waits for everything else in flight. A later `hold` ends the
+    /// exemption and waits for that I/O too.
+    pub fn hold_except(
+        &self,
+        regions: impl IntoIterator<Item = String>,
+        timeout: Duration,
+    ) -> Result<Drained, DrainTimeout> {
+        let mut state = self.shared.lock();
+        state.held = true;
+        state.exempt = regions.into_iter().collect();
+        self.drain(state, timeout)
+    }
+
+    /// Wait for the work the gate's state says must leave: all of it, or
+    /// all but exempt I/O while some is exempt.
     fn drain(
         &self,
         mut state: MutexGuard<'_, State>,
         timeout: Duration,
     ) -> Result<Drained, DrainTimeout> {
         let start = Instant::now();
-        while state.in_flight > 0 {
+        let inside =
+            |s: &State| s.in_flight + if s.exempt.is_empty() { s.exempt_in_flight } else { 0 };
+        while inside(&state) > 0 {
             let waited = start.elapsed();
             let Some(left) = timeout.checked_sub(waited).filter(|d| !d.is_zero()) else {
-                return Err(DrainTimeout { in_flight: state.in_flight, waited });
+                return Err(DrainTimeout { in_flight: inside(&state), waited });
             };
             state = self
                 .shared
@@ -156,6 +201,7 @@ impl Gate {
         let mut state = self.shared.lock();
         state.closed = false;
         state.held = false;
+        state.exempt.clear();
         self.shared.released.notify_all();
     }
 
@@ -167,7 +213,8 @@ impl Gate {
 
     /// How many guards are alive.
     pub fn in_flight(&self) -> usize {
-        self.shared.lock().in_flight
+        let state = self.shared.lock();
+        state.in_flight + state.exempt_in_flight
     }
 }
 
@@ -182,10 +229,14 @@ impl Shared {
 impl Drop for GateGuard {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
-        state.in_flight -= 1;
+        if self.exempt {
+            state.exempt_in_flight -= 1;
+        } else {
+            state.in_flight -= 1;
+        }
         // Only `close` and `hold` wait, and only once they have shut the
         // gate: no wake-up (a futex call) for every request while it is open.
-        if state.in_flight == 0 && (state.closed || state.held) {
+        if (state.closed || state.held) && (state.in_flight == 0 || state.exempt_in_flight == 0) {
             self.shared.idle.notify_all();
         }
     }
@@ -254,6 +305,49 @@ mod tests {
         gate.open();
         waiting.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(waiter.join().unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn a_gate_held_except_for_some_regions_lets_their_io_in_until_it_is_held_for_all() {
+        let gate = Gate::new();
+        let before = gate.enter().unwrap();
+        let holder = {
+            let gate = gate.clone();
+            thread::spawn(move || {
+                gate.hold_except(["vm-disk".to_string()], Duration::from_secs(10))
+            })
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(!holder.is_finished(), "it waits for the work inside");
+        drop(before);
+        holder.join().unwrap().unwrap();
+        // The exempt region's I/O goes on; others' waits.
+        let disk = gate.enter_or_wait_as("vm-disk").unwrap();
+        let other = {
+            let gate = gate.clone();
+            thread::spawn(move || gate.enter_or_wait_as("scratch").map(drop))
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(!other.is_finished());
+        // Holding everything waits for the exempt I/O too, and ends the
+        // exemption.
+        let holder = {
+            let gate = gate.clone();
+            thread::spawn(move || gate.hold(Duration::from_secs(10)))
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(!holder.is_finished(), "it waits for the guest's I/O");
+        drop(disk);
+        holder.join().unwrap().unwrap();
+        let late = {
+            let gate = gate.clone();
+            thread::spawn(move || gate.enter_or_wait_as("vm-disk").map(drop))
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(!late.is_finished(), "no exemption once all is held");
+        gate.open();
+        assert_eq!(other.join().unwrap(), Ok(()));
+        assert_eq!(late.join().unwrap(), Ok(()));
     }
 
     #[test]

@@ -83,7 +83,7 @@ fn verify(image: Vec<u8>, label: &str) -> bool {
     assert_eq!(fence.record.state, FenceState::Fenced);
     let report: PodReport = serde_json::from_slice(&fence.record.report).unwrap();
     let phases: Vec<&str> = report.phases.iter().map(|p| p.phase.name()).collect();
-    assert_eq!(phases, ["save-vms", "quiesce", "commit", "flush"], "{label}");
+    assert_eq!(phases, ["quiesce", "save-vms", "commit", "flush"], "{label}");
     assert!(report.problems.is_empty(), "{label}: {:?}", report.problems);
     // Exactly what the record claims: every change and write before the POD.
     let meta = pool.region("meta").unwrap();

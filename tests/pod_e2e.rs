@@ -331,6 +331,65 @@ fn a_second_pod_trigger_while_fenced_changes_nothing_and_says_so() {
     }
 }
 
+#[test]
+fn a_vm_whose_disk_is_an_nbd_export_saves_while_the_rest_of_the_host_io_is_held() {
+    let _one = one_at_a_time();
+    let Some((kernel, initrd, sandbox)) = guest_prerequisites() else { return };
+    let pool = sandbox.pool();
+    sandbox.pmvisor().args(["pool", "create", "--size", "256M"]).arg(&pool).assert().success();
+    let pool_arg = ["--pool", pool.to_str().unwrap()];
+    let _daemon = sandbox.serve(&pool_arg);
+    for region in ["vmdisk", "scratch"] {
+        sandbox.on_pool(&["region", "create", region, "--size", "16M"]).assert().success();
+        stdout_json(&mut sandbox.on_pool(&["export", "add", region, "--nbd"]));
+    }
+    let name = "pmvtest-nbd-disk";
+    let vmlinuz = kernel.join("vmlinuz");
+    sandbox
+        .on_pool(&["vm", "create", name, "--memory", "96M", "--disk", "vmdisk"])
+        .args(["--kernel", vmlinuz.to_str().unwrap(), "--initrd", initrd.to_str().unwrap()])
+        .args(["--append", "console=ttyS0 quiet panic=-1", "--qemu-arg=-no-reboot"])
+        .assert()
+        .success();
+    let started = Instant::now();
+    sandbox.on_pool(&["vm", "start", name]).assert().success();
+    let _qemus = Qemus(vec![vm_pid(&sandbox, name)]);
+    let console =
+        Console(VmPaths::for_daemon(&sandbox.socket(), &sandbox.path("state")).console(name));
+    let booted = console.wait_for(|c| c.last_count() >= Some(BOOTED_AT), started + BOOT_DEADLINE);
+    assert!(booted, "the guest did not count to {BOOTED_AT}:\n{}", console.tail());
+
+    // The host writes to another export meanwhile.
+    let scratch =
+        format!("nbd+unix:///scratch?socket={}", sandbox.path("nbd/scratch.sock").display());
+    let nbd = NbdWriter::start(&scratch);
+    wait_for("the host writer to get going", || nbd.acked() >= 5);
+
+    let report = stdout_json(&mut sandbox.on_pool(&["pod", "trigger"]));
+    let quiesce = report["phases"][0]["detail"].as_str().unwrap_or_default();
+    assert!(quiesce.contains("1 guest disks open until their VMs are saved"), "{report}");
+    let saved = &report["participants"][0];
+    assert!(saved["saved_to"].is_string(), "the VM with an NBD disk was not saved: {report}");
+    eprintln!(
+        "POD with an NBD-disk VM: saved in {:.1} ms, fenced {:.1} ms after the trigger",
+        ms(&saved["micros"]),
+        ms(&report["fenced_us"])
+    );
+    let paused_at = console.last_count().unwrap();
+    let paused_from = console.len();
+
+    // Power back: the guest counts on, its disk holding its last count
+    // (the guest checks and would print otherwise).
+    stdout_json(&mut sandbox.on_pool(&["pod", "cancel"]));
+    let counted = console.wait_for(
+        |c| c.last_count() >= Some(paused_at + 5),
+        Instant::now() + Duration::from_secs(60),
+    );
+    assert!(counted, "the guest did not count on after the cancel:\n{}", console.tail());
+    assert_counts_on(&console.text_from(paused_from), paused_at);
+    nbd.stop().assert_read_back(&scratch);
+}
+
 /// The bytes and modification time of the saved state `path`, which the
 /// sequence that reported `pod` saved.
 fn saved_state(path: &Path, pod: &Value) -> (Vec<u8>, std::time::SystemTime) {

@@ -130,6 +130,35 @@ fn a_saved_vm_resumes_in_a_new_qemu_and_its_counter_goes_on_without_a_reboot() {
     assert_counts_on(&console.text_from(cancelled_from), paused_at);
     assert!(!paths.state(VM).exists(), "a cancelled save left its state behind");
 
+    // The next outage saves it again (a VM left paused by a migration
+    // could not migrate again).
+    for round in 0..3 {
+        let reports = runtime.block_on(vms.save_all(Instant::now() + SAVE_DEADLINE));
+        assert!(reports[0].saved, "save after cancel #{round}: {:?}", reports[0].error);
+        let cancelled = runtime.block_on(vms.cancel_all());
+        assert!(cancelled[0].resumed, "cancel #{round}: {cancelled:?}");
+    }
+    // A save that runs out of time may leave QEMU migrating; the cancel
+    // that follows must still leave the guest running and saveable.
+    for wait in [Duration::ZERO, Duration::from_millis(1), Duration::from_millis(3)] {
+        let late = runtime.block_on(vms.save_all(Instant::now() + wait));
+        eprintln!("a save with {wait:?} to go: saved {}", late[0].saved);
+        let cancelled = runtime.block_on(vms.cancel_all());
+        assert!(cancelled.iter().all(|c| c.resumed), "cancel after a late save: {cancelled:?}");
+        let reports = runtime.block_on(vms.save_all(Instant::now() + SAVE_DEADLINE));
+        assert!(reports[0].saved, "save after a late save: {:?}", reports[0].error);
+        runtime.block_on(vms.cancel_all());
+    }
+    let counted = console.last_count().unwrap();
+    assert!(
+        console.wait_for(
+            |c| c.last_count() >= Some(counted + 5),
+            Instant::now() + Duration::from_secs(60)
+        ),
+        "the guest did not count on after the last cancel:\n{}",
+        console.tail()
+    );
+
     runtime.block_on(vms.stop(VM)).expect("the VM stops");
     qemus.0.clear();
 }

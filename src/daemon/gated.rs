@@ -35,7 +35,7 @@ impl GatedRegion {
     }
 
     fn enter(&self) -> Result<GateGuard, DeviceError> {
-        self.gate.enter_or_wait().map_err(|_| DeviceError::ShuttingDown)
+        self.gate.enter_or_wait_as(self.region.name()).map_err(|_| DeviceError::ShuttingDown)
     }
 }
 

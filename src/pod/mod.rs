@@ -5,13 +5,16 @@
 //! see `source`) runs [`Pod::fence`], which times six phases against a
 //! budget (50 ms unless told):
 //!
-//! 1. **save-vms**: every registered [`PodParticipant`] (the VMs) pauses
-//!    and saves, in parallel, by a deadline. This comes before the gate
-//!    closes: QEMU flushes its disks when it stops and when its migration
-//!    completes, and those disks are block regions behind the gate or image
-//!    files on RvmFS; a paused VM issues no more I/O;
-//! 2. **quiesce**: close the gate (block I/O, resizes, the balancer and
-//!    control changes stop; in-flight work drains) and hold RvmFS requests;
+//! 1. **quiesce**: hold the gate (block I/O, resizes, the balancer and
+//!    control changes stop; in-flight work drains), except for the block
+//!    regions that are disks of the VMs about to save: QEMU flushes its
+//!    disks when it stops and when its migration completes. The rest of
+//!    the host's I/O stops first and leaves the CPUs to the saves;
+//! 2. **save-vms**: every registered [`PodParticipant`] (the VMs) pauses
+//!    and saves, in parallel, by a deadline (its QEMU's threads at raised
+//!    priority, `vm::priority`); then the gate holds the VMs' disks too,
+//!    RvmFS requests are held (VM images may live there), and what is in
+//!    flight drains;
 //! 3. **commit**: every RvmFS mount commits everything written so far, and
 //!    every block region flushes (frames and map);
 //! 4. **flush**: the pool writes back its dirty ranges (only those) and the
@@ -23,8 +26,8 @@
 //! The order is the priority order: metadata is committed before the bulk
 //! flush, and the record only after what it vouches for is durable. A
 //! phase that overruns the budget does not stop the rest; the report says
-//! which overran. Only two waits are bounded by the budget: the drain in
-//! phase 2 and the participants' deadline in phase 1. Protection waits for
+//! which overran. Only the drains of phases 1 and 2 and the participants'
+//! deadline are bounded by the budget. Protection waits for
 //! the drain to finish (a store into a read-only mapping would kill the
 //! daemon) and is skipped, with a problem reported, if it never does.
 //!
@@ -210,10 +213,13 @@ impl Pod {
         }
         st.sequences += 1;
         let mut run = Run::new(self, &trigger, st.sequences);
-        // VMs first: QEMU flushes its disks as it stops and saves, and
-        // those disks are block regions behind the gate or files on RvmFS.
-        let saved = run.save_participants();
-        run.quiesce();
+        let participants = self.participants.snapshot();
+        // The VMs' own disks stay open until they are saved: QEMU flushes
+        // them as it stops. The rest of the host's I/O stops first and
+        // leaves the CPUs to the saves.
+        let guest_disks: Vec<String> = participants.iter().flat_map(|p| p.disks()).collect();
+        run.quiesce(guest_disks);
+        let saved = run.save_participants(&participants);
         run.commit();
         run.flush(&saved);
         run.write_fence();
@@ -338,17 +344,20 @@ impl<'a> Run<'a> {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
-    fn quiesce(&mut self) {
+    /// Hold the gate for all but the guests' disks and drain what is in
+    /// flight.
+    fn quiesce(&mut self, guest_disks: Vec<String>) {
         self.phase(Phase::Quiesce, |run| {
-            let closed = run.targets().gate.hold(run.left());
-            if let Some(mounts) = &run.targets().mounts {
-                mounts.pause_requests(true);
-            }
-            match closed {
-                Ok(drained) => {
-                    run.drained = true;
+            let exempt = guest_disks.len();
+            let held = run.targets().gate.hold_except(guest_disks, run.left());
+            match held {
+                Ok(drained) if exempt == 0 => {
                     format!("gate drained in {}µs", micros(drained.waited))
                 }
+                Ok(drained) => format!(
+                    "gate drained in {}µs; {exempt} guest disks open until their VMs are saved",
+                    micros(drained.waited)
+                ),
                 Err(timeout) => {
                     run.report.problems.push(format!("{timeout}; going on without them"));
                     format!("{} operations still in flight", timeout.in_flight)
@@ -357,14 +366,32 @@ impl<'a> Run<'a> {
         });
     }
 
-    fn save_participants(&mut self) -> Vec<SavedState> {
-        let participants = self.pod.participants.snapshot();
+    /// Once the VMs are saved: hold the gate for everything (their disks
+    /// too) and RvmFS requests, and drain. Part of the save phase.
+    fn hold_all(&mut self) -> String {
+        let held = self.targets().gate.hold(self.left());
+        if let Some(mounts) = &self.targets().mounts {
+            mounts.pause_requests(true);
+        }
+        match held {
+            Ok(drained) => {
+                self.drained = true;
+                format!("everything held and drained in {}µs", micros(drained.waited))
+            }
+            Err(timeout) => {
+                self.report.problems.push(format!("{timeout}; going on without them"));
+                format!("{} operations still in flight", timeout.in_flight)
+            }
+        }
+    }
+
+    fn save_participants(&mut self, participants: &[Arc<dyn PodParticipant>]) -> Vec<SavedState> {
         let share = self.pod.budget.mul_f64(SAVE_SHARE);
         let deadline = (self.started + share).max(Instant::now());
         let mut saved = Vec::new();
         self.phase(Phase::SaveVms, |run| {
             if participants.is_empty() {
-                return "no participants registered".into();
+                return format!("no participants registered; {}", run.hold_all());
             }
             let results: Vec<(String, Duration, Result<SavedState, String>)> =
                 std::thread::scope(|scope| {
@@ -411,7 +438,7 @@ impl<'a> Run<'a> {
                     overran,
                 });
             }
-            format!("{ok} of {count} participants saved")
+            format!("{ok} of {count} participants saved; {}", run.hold_all())
         });
         saved
     }

@@ -1,5 +1,5 @@
-//! Participants of the POD sequence: whatever must save itself between the
-//! quiesce and the commit phases. Persistent VMs are the participants
+//! Participants of the POD sequence: whatever must save itself after the
+//! quiesce and before the commit phase. Persistent VMs are the participants
 //! (`src/vm` registers one per running VM: QMP `stop`, `x-ignore-shared`,
 //! `migrate` to a file); the phase has none until something registers.
 
@@ -36,6 +36,12 @@ pub trait PodParticipant: Send + Sync + fmt::Debug {
 
     /// Resume after a cancelled POD.
     fn cancel(&self) -> Result<(), ParticipantError>;
+
+    /// Block regions whose I/O the save needs (a VM's disks: QEMU flushes
+    /// them as it stops); they stay open until the saves are done.
+    fn disks(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The registered participants.

@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
-    /// Registered participants (VMs) pause and save their state.
-    SaveVms,
-    /// Close the gate (block I/O, resizes, the balancer, control changes)
-    /// and hold filesystem requests; wait for those in flight.
+    /// Hold the gate (block I/O, resizes, the balancer, control changes)
+    /// except the disks of the VMs about to save; wait for what is in
+    /// flight.
     Quiesce,
+    /// Registered participants (VMs) pause and save their state; then the
+    /// gate holds everything and filesystem requests are held.
+    SaveVms,
     /// Commit every RvmFS mount and flush every block region's map.
     Commit,
     /// Write back the pool's dirty ranges.
@@ -28,8 +30,8 @@ pub enum Phase {
 impl Phase {
     /// Every phase in order.
     pub const ALL: [Phase; 6] = [
-        Phase::SaveVms,
         Phase::Quiesce,
+        Phase::SaveVms,
         Phase::Commit,
         Phase::Flush,
         Phase::FenceRecord,

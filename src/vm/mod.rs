@@ -11,7 +11,8 @@
 //! - [`running`]: [`Vms`], the running QEMUs and the calls the power-outage
 //!   path makes: [`Vms::save_all`], [`Vms::cancel_all`], [`Vms::resume`].
 //! - [`participant`]: a running VM as a participant of the power-outage
-//!   sequence (`crate::pod`).
+//!   sequence (`crate::pod`); [`priority`]: its QEMU's niceness while it
+//!   is saved.
 //! - [`version`]: the QEMU it takes (8.2 or newer).
 //!
 //! It assumes QEMU's view of the pool file and the daemon's are the same
@@ -22,6 +23,7 @@
 mod error;
 pub mod launch;
 pub mod participant;
+pub mod priority;
 pub mod qmp;
 pub mod running;
 pub mod save;

@@ -68,6 +68,19 @@ impl PodParticipant for VmParticipant {
         })
     }
 
+    fn disks(&self) -> Vec<String> {
+        let Ok(record) = super::spec::load(self.vms.pool(), &self.name) else { return Vec::new() };
+        record
+            .spec
+            .disks
+            .iter()
+            .filter_map(|d| match d {
+                super::DiskSpec::Region(name) => Some(name.clone()),
+                super::DiskSpec::Image { .. } => None,
+            })
+            .collect()
+    }
+
     fn cancel(&self) -> Result<(), ParticipantError> {
         let (vms, name) = (Arc::clone(&self.vms), self.name.clone());
         let deadline = Instant::now() + CANCEL_TIMEOUT;

@@ -79,6 +79,8 @@ pub struct QmpEvent {
 pub struct Qmp {
     path: PathBuf,
     version: QemuVersion,
+    /// The process at the other end (QEMU), when the kernel says.
+    peer: Option<u32>,
     next_id: AtomicU64,
     conn: Mutex<Conn>,
 }
@@ -101,6 +103,7 @@ impl Qmp {
             let stream = UnixStream::connect(path)
                 .await
                 .map_err(|source| QmpError::Connect { path: path.to_path_buf(), source })?;
+            let peer = stream.peer_cred().ok().and_then(|c| c.pid()).map(|p| p as u32);
             let (read, writer) = stream.into_split();
             let mut conn = Conn {
                 reader: BufReader::new(read),
@@ -116,6 +119,7 @@ impl Qmp {
             let qmp = Qmp {
                 path: path.to_path_buf(),
                 version,
+                peer,
                 next_id: AtomicU64::new(1),
                 conn: Mutex::new(conn),
             };
@@ -152,6 +156,11 @@ impl Qmp {
     /// The socket this session is on.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The process id of the QEMU at the other end, when known.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer
     }
 
     /// The QEMU version from the greeting.
@@ -209,6 +218,38 @@ impl Qmp {
             .unwrap_or_else(|_| Err(QmpError::Timeout { command: command.to_string(), after }))
     }
 
+    /// Wait until QEMU sends an event that `wanted` accepts (one received
+    /// already counts), or `deadline` passes; other events are kept.
+    pub async fn wait_event(
+        &self,
+        wanted: impl Fn(&QmpEvent) -> bool,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<QmpEvent, QmpError> {
+        let after = deadline.saturating_duration_since(Instant::now());
+        let wait = async {
+            let mut conn = self.conn.lock().await;
+            if let Some(i) = conn.events.iter().position(&wanted) {
+                return Ok(conn.events.remove(i).expect("the position is in the queue"));
+            }
+            loop {
+                let message = conn.read_message().await?;
+                if message.get("event").is_none() {
+                    // An answer to a command whose caller gave up.
+                    continue;
+                }
+                let Ok(event) = serde_json::from_value::<QmpEvent>(message) else { continue };
+                if wanted(&event) {
+                    return Ok(event);
+                }
+                conn.push_event(event);
+            }
+        };
+        tokio::time::timeout(after, wait)
+            .await
+            .unwrap_or_else(|_| Err(QmpError::Timeout { command: what.to_string(), after }))
+    }
+
     /// The events received so far (the last few), oldest first; emptied.
     pub async fn take_events(&self) -> Vec<QmpEvent> {
         self.conn.lock().await.events.drain(..).collect()
@@ -242,11 +283,15 @@ impl Conn {
 
     fn keep_event(&mut self, message: Value) {
         if let Ok(event) = serde_json::from_value::<QmpEvent>(message) {
-            if self.events.len() == KEPT_EVENTS {
-                self.events.pop_front();
-            }
-            self.events.push_back(event);
+            self.push_event(event);
         }
+    }
+
+    fn push_event(&mut self, event: QmpEvent) {
+        if self.events.len() == KEPT_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
     }
 }
 

@@ -71,6 +71,19 @@ impl Instance {
         lock(&self.child).as_ref().map(Child::id)
     }
 
+    /// The QEMU's process id: launched here, or the QMP socket's peer.
+    fn qemu_pid(&self) -> Option<u32> {
+        self.pid().or(self.qmp.peer_pid())
+    }
+
+    /// Set the QEMU's threads to niceness `nice` (see `priority`).
+    fn set_nice(&self, nice: i32) {
+        let Some(pid) = self.qemu_pid() else { return };
+        if let Err(err) = super::priority::set_nice(pid, nice) {
+            tracing::debug!(vm = %self.name, pid, "cannot set the niceness of QEMU to {nice}: {err}");
+        }
+    }
+
     /// Whether the QEMU pmvisor launched has exited (reaped here).
     fn exited(&self) -> bool {
         lock(&self.child).as_mut().is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_some()))
@@ -180,6 +193,7 @@ impl Vms {
                 record.spec.memory >> 20
             )));
         }
+        save::prepare(name, &qmp, Instant::now() + COMMAND_TIMEOUT).await?;
         self.insert(Instance {
             name: name.into(),
             qmp,
@@ -456,6 +470,13 @@ impl Vms {
                 }
             }
         };
+        if let Err(err) = save::prepare(name, &qmp, deadline).await {
+            if let Some(mut c) = lock(&child).take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return Err(err);
+        }
         tracing::info!(vm = %name, pid, qmp = %plan.qmp.display(), "QEMU {} started", qmp.version());
         Ok(Instance {
             name: name.into(),
@@ -470,6 +491,7 @@ impl Vms {
         let start = Instant::now();
         let result = save::cont(&instance.name, &instance.qmp, start + COMMAND_TIMEOUT).await;
         if result.is_ok() {
+            instance.set_nice(0);
             instance.paused_by_save.store(false, Ordering::Release);
             // The saved state is stale once the guest runs on.
             let _ = std::fs::remove_file(&instance.state_file);
@@ -488,6 +510,7 @@ impl Vms {
 /// Save one VM; never fails, the report says what happened.
 async fn save_one(instance: Arc<Instance>, deadline: Instant) -> VmSaveReport {
     let start = Instant::now();
+    instance.set_nice(super::priority::SAVING_NICE);
     let result = save::save(&instance.name, &instance.qmp, &instance.state_file, deadline).await;
     // Whatever happened, the VM may be stopped now: cancel must `cont` it.
     instance.paused_by_save.store(true, Ordering::Release);

@@ -1,11 +1,14 @@
 //! Saving a VM's device state on power loss and restoring it, over QMP.
 //!
-//! Save: `stop`, `migrate-set-capabilities x-ignore-shared`, `migrate` to
-//! `file:STATE.tmp`, wait until QEMU reports the migration completed, fsync
-//! the file, rename it to `STATE` and fsync the directory, so a state file
-//! is either whole or absent. The RAM is a shared memory backend on the
-//! pool, so `x-ignore-shared` leaves it out: the state is the vCPUs and
-//! devices (a few hundred KiB), written in milliseconds.
+//! Save: `stop`, `migrate` to `file:STATE.tmp`, wait for QEMU's event that
+//! the migration completed, fsync the file, rename it to `STATE` and fsync
+//! the directory, so a state file is either whole or absent. The migration
+//! capabilities (`x-ignore-shared`, and `events` for that event) are set
+//! once, when pmvisor takes the QEMU on ([`prepare`]): a power outage pays
+//! for two round trips to QEMU and its event, nothing more. The RAM is a
+//! shared memory backend on the pool, so `x-ignore-shared` leaves it out:
+//! the state is the vCPUs and devices (a few hundred KiB), written in
+//! milliseconds.
 //!
 //! Restore: a QEMU started with the same arguments plus `-incoming defer`
 //! gets the same capability, `migrate-incoming file:STATE`, and once the
@@ -96,15 +99,35 @@ pub async fn save(
 ) -> Result<SaveTimings, VmError> {
     let start = Instant::now();
     let qmp_error = |source| qmp_failure(name, source, deadline, "saved");
+    // Only this migration's events count from here.
+    qmp.take_events().await;
     qmp.execute_by("stop", Value::Null, deadline).await.map_err(qmp_error)?;
     let stopped = Instant::now();
-    qmp.execute_by("migrate-set-capabilities", ignore_shared(), deadline)
+    let partial = partial_path(state);
+    let uri = json!({ "uri": format!("file:{}", partial.display()) });
+    match qmp.execute_by("migrate", uri.clone(), deadline).await {
+        // Left paused by an earlier migration (a save that finished after
+        // its deadline): it must run before it can migrate again.
+        Err(QmpError::Refused { desc, .. }) if desc.contains("previous migration") => {
+            qmp.execute_by("cont", Value::Null, deadline).await.map_err(qmp_error)?;
+            qmp.execute_by("stop", Value::Null, deadline).await.map_err(qmp_error)?;
+            qmp.execute_by("migrate", uri, deadline).await.map_err(qmp_error)?;
+        }
+        other => {
+            other.map_err(qmp_error)?;
+        }
+    }
+    let ended = qmp
+        .wait_event(|e| e.event == "MIGRATION" && migration_ended(&e.data), "migrate", deadline)
         .await
         .map_err(qmp_error)?;
-    let partial = partial_path(state);
-    let uri = format!("file:{}", partial.display());
-    qmp.execute_by("migrate", json!({ "uri": uri }), deadline).await.map_err(qmp_error)?;
-    wait_for_migration(name, qmp, deadline, "save").await?;
+    if ended.data["status"] != "completed" {
+        let detail = match qmp.execute_by("query-migrate", Value::Null, deadline).await {
+            Ok(status) => status["error-desc"].as_str().unwrap_or("it failed").to_string(),
+            Err(_) => format!("it ended {}", ended.data["status"]),
+        };
+        return Err(VmError::Migration { name: name.into(), what: "save", detail });
+    }
     let migrated = Instant::now();
     let (owned, target) = (partial.clone(), state.to_path_buf());
     let synced = tokio::task::spawn_blocking(move || make_durable(&owned, &target))
@@ -133,7 +156,7 @@ pub async fn restore(
 ) -> Result<Duration, VmError> {
     let start = Instant::now();
     let qmp_error = |source| qmp_failure(name, source, deadline, "restored");
-    qmp.execute_by("migrate-set-capabilities", ignore_shared(), deadline)
+    qmp.execute_by("migrate-set-capabilities", capabilities(), deadline)
         .await
         .map_err(qmp_error)?;
     let uri = format!("file:{}", state.display());
@@ -154,16 +177,58 @@ pub async fn restore(
     Ok(restored)
 }
 
-/// Let a paused VM run.
+/// Let a paused VM run. A save still migrating (one that outlived its
+/// deadline) is cancelled first: a `cont` during it would be undone when
+/// it completes, leaving the VM paused and unable to migrate again.
 pub async fn cont(name: &str, qmp: &Qmp, deadline: Instant) -> Result<(), VmError> {
-    qmp.execute_by("cont", Value::Null, deadline)
+    let qmp_error = |source| qmp_failure(name, source, deadline, "resumed");
+    loop {
+        let migration =
+            qmp.execute_by("query-migrate", Value::Null, deadline).await.map_err(qmp_error)?;
+        let active = migration["status"]
+            .as_str()
+            .is_some_and(|s| !matches!(s, "none" | "completed" | "failed" | "cancelled"));
+        if !active {
+            break;
+        }
+        qmp.execute_by("migrate_cancel", Value::Null, deadline).await.map_err(qmp_error)?;
+        if Instant::now() >= deadline {
+            return Err(VmError::Deadline { name: name.into(), what: "resumed" });
+        }
+        tokio::task::yield_now().await;
+    }
+    qmp.execute_by("cont", Value::Null, deadline).await.map_err(qmp_error)?;
+    let status = qmp.execute_by("query-status", Value::Null, deadline).await.map_err(qmp_error)?;
+    match status["status"].as_str() {
+        Some("running") => Ok(()),
+        other => Err(VmError::Migration {
+            name: name.into(),
+            what: "resume",
+            detail: format!("QEMU is {} after cont, not running", other.unwrap_or("in no state")),
+        }),
+    }
+}
+
+/// Set the migration capabilities every save and restore needs:
+/// `x-ignore-shared` (the RAM stays in the pool) and `events` (QEMU says
+/// when a migration ends). Once per QEMU, when pmvisor takes it on.
+pub async fn prepare(name: &str, qmp: &Qmp, deadline: Instant) -> Result<(), VmError> {
+    qmp.execute_by("migrate-set-capabilities", capabilities(), deadline)
         .await
-        .map_err(|source| qmp_failure(name, source, deadline, "resumed"))?;
+        .map_err(|source| qmp_failure(name, source, deadline, "prepared for a save"))?;
     Ok(())
 }
 
-fn ignore_shared() -> Value {
-    json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })
+fn capabilities() -> Value {
+    json!({ "capabilities": [
+        { "capability": "x-ignore-shared", "state": true },
+        { "capability": "events", "state": true },
+    ] })
+}
+
+/// Whether a `MIGRATION` event's data says the migration is over.
+fn migration_ended(data: &Value) -> bool {
+    matches!(data["status"].as_str(), Some("completed" | "failed" | "cancelled"))
 }
 
 /// Poll `query-migrate` until it completes or fails. No sleep: each query

@@ -301,6 +301,18 @@ fn main() {
         reports.iter().filter(|r| !r.within_budget()).count()
     )
     .unwrap();
+    writeln!(
+        out,
+        "\nReading the table: from the moment the fence record is durable the pool holds \
+         everything and refuses every write through pmvisor (the medium's fence flag is set as \
+         `protect` begins); `protect` then makes the whole mapping read-only with mprotect(2), \
+         whose cost grows with the pages mapped (4 KiB pages of a tmpfs file here; a device-DAX \
+         pool maps 2 MiB pages). The quiesce tail is a writer thread preempted inside the gate \
+         (16 CPU-bound writers share 2 CPUs), which the drain waits for; the VMs' saves then \
+         start late and may miss their share of the budget (60%). The host's I/O is held \
+         before the VMs save, except the VMs' own disks, so the saves get the CPUs."
+    )
+    .unwrap();
     print!("{out}");
     std::fs::create_dir_all("benches/results").unwrap();
     std::fs::write("benches/results/pod.md", out).unwrap();

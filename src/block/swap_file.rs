@@ -15,6 +15,13 @@
 //! hole reads it with `pread` instead. `sync` is `fdatasync`, which writes
 //! back what was stored through the mapping too.
 //!
+//! That is for a file in memory (tmpfs). On a disk file system the page
+//! cache's per-page work is small beside the disk, while stores through a
+//! mapping fault again after every write-back: there the slots are written
+//! with `pwritev` straight from the pool's mapping and read with `preadv`
+//! straight into it (`Media::write_ranges_to`, `read_ranges_from`), and the
+//! mapping is not used.
+//!
 //! The copies rely on the slot and frame rules of block regions: a slot
 //! belongs to one block, and a block is only moved with its region's lock
 //! held, so no two copies touch one slot or one frame at once.
@@ -36,6 +43,9 @@ use crate::pool::{sys, Media, PAGE_SIZE};
 pub const RESERVE: u64 = 4 << 40;
 /// The smallest step the file grows by.
 const GROW_STEP: u64 = 64 << 20;
+/// `statfs` type of tmpfs.
+const TMPFS_MAGIC: rustix::fs::FsWord = 0x0102_1994;
+
 /// Most separate holes remembered; beyond it freed slots are not punched
 /// (they keep their space until reused).
 const MAX_HOLES: usize = 1 << 20;
@@ -47,6 +57,8 @@ pub struct FileSwap {
     file: File,
     map: MmapRaw,
     space: Mutex<Space>,
+    /// The file is on a disk: slots move with `pwritev`/`preadv`.
+    on_disk: bool,
 }
 
 /// What of the file the mapping may touch.
@@ -126,7 +138,8 @@ impl FileSwap {
         // Whole slots only (a file cut short by a crash while it grew).
         let mut space = Space { len: len / PAGE_SIZE * PAGE_SIZE, holes: BTreeMap::new() };
         find_holes(&file, &mut space)?;
-        Ok(FileSwap { path: path.to_path_buf(), file, map, space: Mutex::new(space) })
+        let on_disk = rustix::fs::fstatfs(&file).is_ok_and(|fs| fs.f_type != TMPFS_MAGIC);
+        Ok(FileSwap { path: path.to_path_buf(), file, map, space: Mutex::new(space), on_disk })
     }
 
     /// Where the swap file is.
@@ -212,7 +225,11 @@ impl SwapStore for FileSwap {
     }
 
     fn write_slots(&self, first: u64, data: &[u8]) -> io::Result<()> {
-        self.prepare(first, (data.len() as u64).div_ceil(PAGE_SIZE))?;
+        let count = (data.len() as u64).div_ceil(PAGE_SIZE);
+        self.prepare(first, count)?;
+        if self.on_disk {
+            return self.file.write_all_at(data, first * PAGE_SIZE);
+        }
         // SAFETY: the slots are allocated pages of the file under the live
         // mapping (`prepare`), and only this block's mover touches them
         // (module documentation).
@@ -222,6 +239,11 @@ impl SwapStore for FileSwap {
 
     fn write_slots_from(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
         self.prepare(first, offsets.len() as u64)?;
+        if self.on_disk {
+            let ranges: Vec<(u64, u64)> =
+                runs(first, offsets).map(|(_, at, len)| (at, len)).collect();
+            return media.write_ranges_to(&ranges, &self.file, first * PAGE_SIZE);
+        }
         let mut block = Vec::new();
         for (slot, offset, len) in runs(first, offsets) {
             // SAFETY: the frames' region holds its lock while it evicts, so
@@ -243,7 +265,7 @@ impl SwapStore for FileSwap {
 
     fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {
         let buf = &mut buf[..PAGE_SIZE as usize];
-        if !self.mapped_readable(slot, 1)? {
+        if self.on_disk || !self.mapped_readable(slot, 1)? {
             return self.pread_slot(slot, buf);
         }
         // SAFETY: the slot is an allocated page of the file under the live
@@ -253,6 +275,12 @@ impl SwapStore for FileSwap {
     }
 
     fn read_slots_into(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
+        if self.on_disk {
+            // Bytes past the end of the file and in holes read as zeros.
+            let ranges: Vec<(u64, u64)> =
+                runs(first, offsets).map(|(_, at, len)| (at, len)).collect();
+            return media.read_ranges_from(&ranges, &self.file, first * PAGE_SIZE);
+        }
         if !self.mapped_readable(first, offsets.len() as u64)? {
             let mut block = vec![0u8; PAGE_SIZE as usize];
             for (i, &offset) in offsets.iter().enumerate() {
@@ -337,80 +365,130 @@ mod tests {
 
     use super::*;
 
+    /// A directory on tmpfs (the mapped path) and one on the disk (the
+    /// `pwritev`/`preadv` path), where there are both.
+    fn dirs() -> Vec<tempfile::TempDir> {
+        let mut dirs = vec![tempfile::tempdir().unwrap()];
+        if Path::new("/dev/shm").is_dir() {
+            dirs.push(tempfile::tempdir_in("/dev/shm").unwrap());
+        }
+        dirs
+    }
+
+    /// Media whose frames the swap tier copies from and into.
+    fn frames(dir: &Path, blocks: u64) -> crate::pool::MappedMedia {
+        crate::pool::MappedMedia::create_file(&dir.join("frames"), blocks * PAGE_SIZE).unwrap()
+    }
+
     #[test]
     fn slots_round_trip_and_unwritten_slots_read_as_zeros() {
-        let dir = tempfile::tempdir().unwrap();
-        let swap = FileSwap::open(&dir.path().join("s/pool.swap")).unwrap();
-        swap.write_slot(2, &[7u8; 4096]).unwrap();
-        swap.sync().unwrap();
-        let mut buf = [1u8; 4096];
-        swap.read_slot(2, &mut buf).unwrap();
-        assert_eq!(buf, [7u8; 4096]);
-        // Inside the grown file but never written, and past its end.
-        swap.read_slot(9, &mut buf).unwrap();
-        assert_eq!(buf, [0u8; 4096]);
-        swap.read_slot(1 << 30, &mut buf).unwrap();
-        assert_eq!(buf, [0u8; 4096]);
+        for dir in dirs() {
+            let swap = FileSwap::open(&dir.path().join("s/pool.swap")).unwrap();
+            swap.write_slot(2, &[7u8; 4096]).unwrap();
+            swap.sync().unwrap();
+            let mut buf = [1u8; 4096];
+            swap.read_slot(2, &mut buf).unwrap();
+            assert_eq!(buf, [7u8; 4096]);
+            // Inside the grown file but never written, and past its end.
+            swap.read_slot(9, &mut buf).unwrap();
+            assert_eq!(buf, [0u8; 4096]);
+            swap.read_slot(1 << 30, &mut buf).unwrap();
+            assert_eq!(buf, [0u8; 4096]);
+        }
     }
 
     #[test]
     fn the_file_grows_in_allocated_steps_and_keeps_its_slots_across_opens() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool.swap");
-        let swap = FileSwap::open(&path).unwrap();
-        let far = (GROW_STEP / PAGE_SIZE) * 3 + 5;
-        swap.write_slots(far, &[3u8; 8192]).unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        assert!(meta.len() >= (far + 2) * PAGE_SIZE);
-        // Allocated, not sparse: a store through the mapping cannot fault
-        // on a full file system.
-        assert!(meta.blocks() * 512 >= meta.len(), "{} of {}", meta.blocks() * 512, meta.len());
-        drop(swap);
-        let again = FileSwap::open(&path).unwrap();
-        let mut buf = [0u8; 4096];
-        again.read_slot(far + 1, &mut buf).unwrap();
-        assert_eq!(buf, [3u8; 4096]);
+        for dir in dirs() {
+            let path = dir.path().join("pool.swap");
+            let swap = FileSwap::open(&path).unwrap();
+            let far = (GROW_STEP / PAGE_SIZE) * 3 + 5;
+            swap.write_slots(far, &[3u8; 8192]).unwrap();
+            let meta = std::fs::metadata(&path).unwrap();
+            assert!(meta.len() >= (far + 2) * PAGE_SIZE);
+            // Allocated, not sparse: a store through the mapping cannot fault
+            // on a full file system.
+            assert!(meta.blocks() * 512 >= meta.len(), "{} of {}", meta.blocks() * 512, meta.len());
+            drop(swap);
+            let again = FileSwap::open(&path).unwrap();
+            let mut buf = [0u8; 4096];
+            again.read_slot(far + 1, &mut buf).unwrap();
+            assert_eq!(buf, [3u8; 4096]);
+        }
     }
 
     #[test]
     fn a_discarded_slot_reads_as_zeros_and_takes_data_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool.swap");
-        let swap = FileSwap::open(&path).unwrap();
-        swap.write_slots(0, &[5u8; 3 * 4096]).unwrap();
-        let allocated = std::fs::metadata(&path).unwrap().blocks();
-        swap.discard_slot(1);
-        assert_eq!(std::fs::metadata(&path).unwrap().blocks(), allocated - 8, "punched");
-        let mut buf = [1u8; 4096];
-        swap.read_slot(1, &mut buf).unwrap();
-        assert_eq!(buf, [0u8; 4096]);
-        swap.write_slot(1, &[6u8; 4096]).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().blocks(), allocated, "allocated again");
-        swap.read_slot(1, &mut buf).unwrap();
-        assert_eq!(buf, [6u8; 4096]);
-        swap.read_slot(2, &mut buf).unwrap();
-        assert_eq!(buf, [5u8; 4096]);
+        for dir in dirs() {
+            let path = dir.path().join("pool.swap");
+            let swap = FileSwap::open(&path).unwrap();
+            swap.write_slots(0, &[5u8; 3 * 4096]).unwrap();
+            let allocated = std::fs::metadata(&path).unwrap().blocks();
+            swap.discard_slot(1);
+            assert_eq!(std::fs::metadata(&path).unwrap().blocks(), allocated - 8, "punched");
+            let mut buf = [1u8; 4096];
+            swap.read_slot(1, &mut buf).unwrap();
+            assert_eq!(buf, [0u8; 4096]);
+            swap.write_slot(1, &[6u8; 4096]).unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().blocks(), allocated, "allocated again");
+            swap.read_slot(1, &mut buf).unwrap();
+            assert_eq!(buf, [6u8; 4096]);
+            swap.read_slot(2, &mut buf).unwrap();
+            assert_eq!(buf, [5u8; 4096]);
+        }
     }
 
     #[test]
     fn holes_of_an_existing_file_are_found_at_open_and_filled_before_stores() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool.swap");
-        std::fs::write(&path, vec![9u8; 8 * 4096]).unwrap();
-        let file = OpenOptions::new().write(true).open(&path).unwrap();
-        let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-        rustix::fs::fallocate(&file, punch, 2 * 4096, 3 * 4096).unwrap();
-        let swap = FileSwap::open(&path).unwrap();
-        assert_eq!(swap.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(), [(2, 5)]);
-        let mut buf = [1u8; 4096];
-        swap.read_slot(3, &mut buf).unwrap();
-        assert_eq!(buf, [0u8; 4096]);
-        swap.write_slots(4, &[4u8; 8192]).unwrap();
-        assert_eq!(swap.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(), [(2, 4)]);
-        swap.read_slot(5, &mut buf).unwrap();
-        assert_eq!(buf, [4u8; 4096]);
-        swap.read_slot(6, &mut buf).unwrap();
-        assert_eq!(buf, [9u8; 4096]);
+        for dir in dirs() {
+            let path = dir.path().join("pool.swap");
+            std::fs::write(&path, vec![9u8; 8 * 4096]).unwrap();
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            rustix::fs::fallocate(&file, punch, 2 * 4096, 3 * 4096).unwrap();
+            let swap = FileSwap::open(&path).unwrap();
+            assert_eq!(
+                swap.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(),
+                [(2, 5)]
+            );
+            let mut buf = [1u8; 4096];
+            swap.read_slot(3, &mut buf).unwrap();
+            assert_eq!(buf, [0u8; 4096]);
+            swap.write_slots(4, &[4u8; 8192]).unwrap();
+            assert_eq!(
+                swap.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(),
+                [(2, 4)]
+            );
+            swap.read_slot(5, &mut buf).unwrap();
+            assert_eq!(buf, [4u8; 4096]);
+            swap.read_slot(6, &mut buf).unwrap();
+            assert_eq!(buf, [9u8; 4096]);
+        }
+    }
+
+    #[test]
+    fn blocks_go_to_swap_and_back_between_frames_in_memory_and_on_disk() {
+        for dir in dirs() {
+            let media = frames(dir.path(), 16);
+            let swap = FileSwap::open(&dir.path().join("pool.swap")).unwrap();
+            for block in 0..16u64 {
+                media.write(block * PAGE_SIZE, &[block as u8 + 1; 4096]).unwrap();
+            }
+            // Blocks 2, 3, 4 (neighbours) and 9 to slots 5..9.
+            let offsets: Vec<u64> = [2u64, 3, 4, 9].iter().map(|b| b * PAGE_SIZE).collect();
+            swap.write_slots_from(5, &media, &offsets).unwrap();
+            swap.sync().unwrap();
+            let mut buf = [0u8; 4096];
+            swap.read_slot(8, &mut buf).unwrap();
+            assert_eq!(buf, [10u8; 4096], "{}", dir.path().display());
+            // And back, into other frames.
+            let targets: Vec<u64> = [12u64, 13, 14, 15].iter().map(|b| b * PAGE_SIZE).collect();
+            swap.read_slots_into(5, &media, &targets).unwrap();
+            for (slot_block, target) in [2u8, 3, 4, 9].iter().zip(12u64..) {
+                media.read(target * PAGE_SIZE, &mut buf).unwrap();
+                assert_eq!(buf, [slot_block + 1; 4096], "{}", dir.path().display());
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! at any persist point and show what a real crash could leave behind.
 
 use std::fmt;
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 
 /// What kind of medium stands behind a pool, and so how `persist` works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +156,47 @@ pub trait Media: Send + Sync + fmt::Debug {
             self.read(from + done, &mut buf[..n])?;
             self.write(to + done, &buf[..n])?;
             done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Write the byte ranges `(offset, len)` of the medium, one after the
+    /// other, to `file` at byte `at`. A mapped medium hands the kernel its
+    /// own memory (one `pwritev` per 1,024 ranges, no copy through a
+    /// buffer).
+    fn write_ranges_to(&self, ranges: &[(u64, u64)], file: &File, at: u64) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut at = at;
+        for &(offset, len) in ranges {
+            check_bounds(self.len(), offset, len)?;
+            buf.resize(len as usize, 0);
+            self.read(offset, &mut buf)?;
+            file.write_all_at(&buf, at)?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Fill the byte ranges `(offset, len)` of the medium, one after the
+    /// other, from `file` at byte `at` (bytes past the end of the file
+    /// read as zeros); not yet durable. A mapped medium lets the kernel
+    /// copy straight into its memory (`preadv`).
+    fn read_ranges_from(&self, ranges: &[(u64, u64)], file: &File, at: u64) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut at = at;
+        for &(offset, len) in ranges {
+            check_bounds(self.len(), offset, len)?;
+            buf.resize(len as usize, 0);
+            let mut done = 0;
+            while done < buf.len() {
+                match file.read_at(&mut buf[done..], at + done as u64)? {
+                    0 => break,
+                    n => done += n,
+                }
+            }
+            buf[done..].fill(0);
+            self.write(offset, &buf)?;
+            at += len;
         }
         Ok(())
     }

@@ -9,9 +9,10 @@
 //! - the size of a block device (`BLKGETSIZE64`);
 //! - a `MAP_SHARED_VALIDATE | MAP_SYNC` mapping, which memmap2 cannot ask for;
 //! - cache-line write-back and a store fence for DAX mappings;
-//! - copies in and out of a mapping at a bounds-checked offset and inside
-//!   it, and its bytes in place for a caller that keeps writers away (the
-//!   pool's mapping, and the swap tier's: `block::swap_file`).
+//! - copies in and out of a mapping at a bounds-checked offset, inside it,
+//!   and between it and a file with `pwritev`/`preadv`, and its bytes in
+//!   place for a caller that keeps writers away (the pool's mapping, and
+//!   the swap tier's: `block::swap_file`).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -195,6 +196,127 @@ pub(crate) unsafe fn populate_write(base: *mut u8, offset: u64, len: u64) {
     // SAFETY: the page-aligned range covers only pages of the mapping (the
     // mapping itself is page aligned); the advice never changes contents.
     let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE) };
+}
+
+/// Most iovecs in one `pwritev`/`preadv` (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Write the ranges `(offset, len)` of the mapping at `base`, one after the
+/// other, to `fd` at byte `at` with `pwritev`: the kernel copies straight
+/// from the mapping. (rustix's `pwritev` takes `IoSlice`s, which would mean
+/// Rust references into memory other threads may write; raw iovecs do not.)
+///
+/// # Safety
+/// Every range must lie inside the live mapping at `base`.
+pub(crate) unsafe fn write_ranges(
+    fd: BorrowedFd<'_>,
+    base: *const u8,
+    ranges: &[(u64, u64)],
+    at: u64,
+) -> io::Result<()> {
+    // SAFETY: by the caller's contract.
+    unsafe { transfer_ranges(fd, base.cast_mut(), ranges, at, Direction::ToFile) }
+}
+
+/// Fill the ranges `(offset, len)` of the mapping at `base`, one after the
+/// other, from `fd` at byte `at` with `preadv`; bytes past the end of the
+/// file read as zeros.
+///
+/// # Safety
+/// Every range must lie inside the live, writable mapping at `base`.
+pub(crate) unsafe fn read_ranges(
+    fd: BorrowedFd<'_>,
+    base: *mut u8,
+    ranges: &[(u64, u64)],
+    at: u64,
+) -> io::Result<()> {
+    // SAFETY: by the caller's contract.
+    unsafe { transfer_ranges(fd, base, ranges, at, Direction::FromFile) }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    ToFile,
+    FromFile,
+}
+
+/// `pwritev`/`preadv` of mapping ranges, 1,024 iovecs per call, resuming
+/// after short transfers.
+///
+/// # Safety
+/// Every range must lie inside the live mapping at `base` (writable when
+/// reading from the file).
+unsafe fn transfer_ranges(
+    fd: BorrowedFd<'_>,
+    base: *mut u8,
+    ranges: &[(u64, u64)],
+    mut at: u64,
+    direction: Direction,
+) -> io::Result<()> {
+    let (mut i, mut skip) = (0, 0u64);
+    let mut iov = Vec::with_capacity(ranges.len().min(IOV_MAX));
+    loop {
+        while i < ranges.len() && ranges[i].1 == skip {
+            (i, skip) = (i + 1, 0);
+        }
+        if i == ranges.len() {
+            return Ok(());
+        }
+        iov.clear();
+        for (k, &(offset, len)) in ranges[i..].iter().take(IOV_MAX).enumerate() {
+            let done = if k == 0 { skip } else { 0 };
+            iov.push(libc::iovec {
+                // SAFETY: inside the mapping by the caller's contract.
+                iov_base: unsafe { base.add((offset + done) as usize) }.cast(),
+                iov_len: (len - done) as usize,
+            });
+        }
+        let (fd, count, offset) = (fd.as_raw_fd(), iov.len() as libc::c_int, at as libc::off_t);
+        // SAFETY: the iovecs point into the live mapping, which is writable
+        // when the kernel writes to it (by the caller's contract).
+        let n = unsafe {
+            match direction {
+                Direction::ToFile => libc::pwritev(fd, iov.as_ptr(), count, offset),
+                Direction::FromFile => libc::preadv(fd, iov.as_ptr(), count, offset),
+            }
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            if direction == Direction::ToFile {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+            }
+            // End of file: the rest reads as zeros.
+            for (k, &(offset, len)) in ranges[i..].iter().enumerate() {
+                let done = if k == 0 { skip } else { 0 };
+                // SAFETY: inside the writable mapping by the caller's
+                // contract.
+                unsafe {
+                    std::ptr::write_bytes(
+                        base.add((offset + done) as usize),
+                        0,
+                        (len - done) as usize,
+                    )
+                };
+            }
+            return Ok(());
+        }
+        let mut n = n as u64;
+        at += n;
+        while n > 0 {
+            let left = ranges[i].1 - skip;
+            if n >= left {
+                (n, i, skip) = (n - left, i + 1, 0);
+            } else {
+                (n, skip) = (0, skip + n);
+            }
+        }
+    }
 }
 
 /// Bytes per cache line on x86-64.

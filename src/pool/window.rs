@@ -2,6 +2,7 @@
 //! own. Crash tests put a pool and its swap tier in windows of one
 //! `CrashMedia`, so a single persist counter orders both.
 
+use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
@@ -20,6 +21,18 @@ impl MediaWindow {
     pub fn new(inner: Arc<dyn Media>, base: u64, len: u64) -> io::Result<MediaWindow> {
         check_bounds(inner.len(), base, len)?;
         Ok(MediaWindow { inner, base, len })
+    }
+}
+
+impl MediaWindow {
+    /// `ranges` of this window as ranges of the inner medium.
+    fn inner_ranges(&self, ranges: &[(u64, u64)]) -> io::Result<Vec<(u64, u64)>> {
+        ranges
+            .iter()
+            .map(|&(offset, len)| {
+                check_bounds(self.len, offset, len).map(|()| (self.base + offset, len))
+            })
+            .collect()
     }
 }
 
@@ -86,5 +99,13 @@ impl Media for MediaWindow {
         check_bounds(self.len, from, len)?;
         check_bounds(self.len, to, len)?;
         self.inner.copy(self.base + from, self.base + to, len)
+    }
+
+    fn write_ranges_to(&self, ranges: &[(u64, u64)], file: &File, at: u64) -> io::Result<()> {
+        self.inner.write_ranges_to(&self.inner_ranges(ranges)?, file, at)
+    }
+
+    fn read_ranges_from(&self, ranges: &[(u64, u64)], file: &File, at: u64) -> io::Result<()> {
+        self.inner.read_ranges_from(&self.inner_ranges(ranges)?, file, at)
     }
 }

@@ -736,11 +736,20 @@ impl BlockRegion {
                 _ => None,
             })
             .collect();
-        self.fault_in_blocks(st, &swapped)
+        self.fault_in_blocks(st, &swapped, true)
     }
 
     /// Bring the swapped `(block, slot)`s back into frames, in batches.
-    fn fault_in_blocks(&self, st: &mut State, swapped: &[(u64, u64)]) -> Result<(), DeviceError> {
+    /// `accessed`: a read asked for them, as opposed to a grow bringing
+    /// back hinted blocks; only an access counts as a fault and sets the
+    /// victim policy's reference bits (so a shrink soon after a grow takes
+    /// blocks nobody has read since as readily as any others).
+    fn fault_in_blocks(
+        &self,
+        st: &mut State,
+        swapped: &[(u64, u64)],
+        accessed: bool,
+    ) -> Result<(), DeviceError> {
         if swapped.is_empty() {
             return Ok(());
         }
@@ -782,7 +791,11 @@ impl BlockRegion {
                 return Err(io(e));
             }
             self.commit_placements(st, &placed, true)?;
-            self.counters.faults.fetch_add(placed.len() as u64, Ordering::Relaxed);
+            if accessed {
+                self.counters.faults.fetch_add(placed.len() as u64, Ordering::Relaxed);
+            } else {
+                placed.iter().for_each(|&(_, frame, _)| st.policy.forget(frame));
+            }
         }
         Ok(())
     }

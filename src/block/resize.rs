@@ -198,7 +198,7 @@ impl BlockRegion {
             }
         }
         let count = wanted.len() as u64;
-        self.fault_in_blocks(st, &wanted)?;
+        self.fault_in_blocks(st, &wanted, false)?;
         Ok(count)
     }
 

@@ -416,6 +416,38 @@ fn a_shrink_the_guest_answers_short_is_completed_by_clock_and_a_grow_brings_hot_
 }
 
 #[test]
+fn blocks_a_grow_brings_back_are_not_faults_and_unread_go_first_at_the_next_shrink() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 64 * BLOCK, resident: 16 * BLOCK, swap: true }));
+    let disk = regions.get("disk").unwrap();
+    for b in 0..16 {
+        disk.write_at(b * BLOCK, &pattern(b, 1), false).unwrap();
+    }
+    let mut buf = vec![0u8; BLOCK as usize];
+    let read = |b: u64, buf: &mut Vec<u8>| disk.read_at(b * BLOCK, buf).unwrap();
+    let state = |b: u64| disk.block_state(b);
+    // Every block was written (referenced): CLOCK takes the tail.
+    let report = disk.resize_resident(8 * BLOCK, &[], &[]).unwrap();
+    assert_eq!((report.host_chosen, report.compacted), (8, 0));
+    assert!((8..16).all(|b| matches!(state(b), Some(BlockState::Swapped(_)))));
+    let faults = disk.stats().faults;
+    let report = disk.resize_resident(16 * BLOCK, &[], &[(0, 64)]).unwrap();
+    assert_eq!(report.brought_back, 8);
+    assert_eq!(disk.stats().faults, faults, "bringing blocks back is not a read's fault");
+    // Half the old blocks are read again; the brought-back ones are not:
+    // they are the coldest and go first, from the tail, so nothing moves.
+    (0..4).for_each(|b| read(b, &mut buf));
+    let report = disk.resize_resident(8 * BLOCK, &[], &[]).unwrap();
+    assert_eq!((report.host_chosen, report.compacted), (8, 0));
+    assert!((0..8).all(|b| matches!(state(b), Some(BlockState::Resident(_)))));
+    assert!((8..16).all(|b| matches!(state(b), Some(BlockState::Swapped(_)))));
+    for b in 0..16 {
+        read(b, &mut buf);
+        assert_eq!(buf, pattern(b, 1), "block {b}");
+    }
+}
+
+#[test]
 fn quotas_may_exceed_the_pool_frames_are_taken_as_written_and_a_shrink_makes_room() {
     let image = fresh();
     let (media, regions) = region(image, None);

@@ -3,8 +3,11 @@
 //! 1,000 dirty pages nobody fsync'd, and two QEMU TCG VMs whose RAM is in
 //! the pool, booted and counting (the test guest of tests/vm/), saved by
 //! the sequence and resumed by the cancel. Each round triggers, is timed
-//! per phase, then cancels and dirties everything again. The table goes to
-//! `benches/results/pod.md`. Target: trigger to fenced ≤ 10 ms.
+//! per phase, then cancels and dirties everything again. The scenario runs
+//! twice: with the pool on a tmpfs the bench mounts with `huge=always`
+//! (mapped with 2 MiB pages, as a device-DAX pool is) and on /dev/shm
+//! (4 KiB pages). The tables go to `benches/results/pod.md`. Target:
+//! trigger to fenced ≤ 10 ms.
 //!
 //! Run: `cargo bench --bench pod` (as root for the FUSE mount; without
 //! FUSE, or without QEMU and the test kernel that `scripts/setup` and
@@ -114,12 +117,84 @@ fn ms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1000.0)
 }
 
+/// Where a round of the bench puts its pool.
+struct Medium {
+    /// For the table: what the directory is.
+    label: String,
+    dir: tempfile::TempDir,
+    /// A tmpfs the bench mounted (unmounted on drop).
+    mounted: bool,
+}
+
+impl Medium {
+    /// A temporary directory on /dev/shm (or /tmp without it): a tmpfs
+    /// file mapped with 4 KiB pages.
+    fn small_pages() -> Medium {
+        let (dir, label) = if Path::new("/dev/shm").is_dir() {
+            (tempfile::tempdir_in("/dev/shm").unwrap(), "/dev/shm (tmpfs, 4 KiB pages)")
+        } else {
+            (tempfile::tempdir().unwrap(), "the temporary directory")
+        };
+        Medium { label: label.into(), dir, mounted: false }
+    }
+
+    /// A tmpfs of our own mounted with `huge=always`: the pool is mapped
+    /// with 2 MiB pages, as a device-DAX pool is. `Err` says why not.
+    fn huge_pages() -> Result<Medium, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "huge=always,size=2G", "pmvbench-huge"])
+            .arg(dir.path())
+            .status()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !status.success() {
+            return Err(format!("mount -t tmpfs -o huge=always failed ({status})"));
+        }
+        let label = "a tmpfs mounted with huge=always (2 MiB pages, as device-DAX maps)";
+        Ok(Medium { label: label.into(), dir, mounted: true })
+    }
+}
+
+impl Drop for Medium {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        }
+    }
+}
+
 fn main() {
-    let dir = if Path::new("/dev/shm").is_dir() {
-        tempfile::tempdir_in("/dev/shm").unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    };
+    let mut out = String::new();
+    writeln!(out, "# POD: trigger to fenced\n").unwrap();
+    let mut media = vec![Medium::small_pages()];
+    match Medium::huge_pages() {
+        Ok(huge) => media.insert(0, huge),
+        Err(why) => eprintln!("no huge-page tmpfs ({why}): benchmarking on /dev/shm only"),
+    }
+    for medium in &media {
+        out += &run(medium);
+    }
+    writeln!(
+        out,
+        "\nReading the tables: from the moment the fence record is durable the pool holds \
+         everything and refuses every write through pmvisor (the medium's fence flag is set as \
+         `protect` begins); `protect` then makes the whole mapping read-only with mprotect(2), \
+         whose cost grows with the page-table entries it rewrites: one per 4 KiB page of a \
+         tmpfs file in /dev/shm, one per 2 MiB page of a huge-page tmpfs or a device-DAX \
+         pool. Quiesce only holds the gate: the host I/O still in flight (16 CPU-bound writers \
+         share 2 CPUs, so one is often preempted inside the gate) finishes while the VMs \
+         save, and the save phase ends by draining it. The host's I/O is held before the VMs \
+         save, except the VMs' own disks, so the saves get the CPUs."
+    )
+    .unwrap();
+    print!("{out}");
+    std::fs::create_dir_all("benches/results").unwrap();
+    std::fs::write("benches/results/pod.md", out).unwrap();
+}
+
+/// The whole scenario with its pool on `medium`; its section of the table.
+fn run(medium: &Medium) -> String {
+    let dir = &medium.dir;
     let pool_path = dir.path().join("pod.pool");
     let pool = Arc::new(
         Pool::create(&pool_path, &CreateOptions { size: 1 << 30, ..Default::default() }).unwrap(),
@@ -215,11 +290,11 @@ fn main() {
     }
 
     let mut out = String::new();
-    writeln!(out, "# POD: trigger to fenced\n").unwrap();
+    writeln!(out, "\n## Pool on {}\n", medium.label).unwrap();
     writeln!(
         out,
         "{REGIONS} block regions of {} MiB under 4 KiB write load ({} writes in all), {}, {}; \
-         pool: 1 GiB file in {}; {ROUNDS} rounds (trigger, then cancel and dirty again); budget \
+         pool: a 1 GiB file; {ROUNDS} rounds (trigger, then cancel and dirty again); budget \
          50 ms. Target: ≤ 10 ms.\n",
         REGION_SIZE >> 20,
         writes.load(Ordering::Relaxed),
@@ -237,7 +312,6 @@ fn main() {
             ),
             Err(why) => format!("no VMs ({why})"),
         },
-        dir.path().parent().unwrap().display(),
     )
     .unwrap();
     writeln!(out, "| phase | median ms | p99 ms | max ms |\n|---|---:|---:|---:|").unwrap();
@@ -301,20 +375,6 @@ fn main() {
         reports.iter().filter(|r| !r.within_budget()).count()
     )
     .unwrap();
-    writeln!(
-        out,
-        "\nReading the table: from the moment the fence record is durable the pool holds \
-         everything and refuses every write through pmvisor (the medium's fence flag is set as \
-         `protect` begins); `protect` then makes the whole mapping read-only with mprotect(2), \
-         whose cost grows with the pages mapped (4 KiB pages of a tmpfs file here; a device-DAX \
-         pool maps 2 MiB pages). The quiesce tail is a writer thread preempted inside the gate \
-         (16 CPU-bound writers share 2 CPUs), which the drain waits for; the VMs' saves then \
-         start late and may miss their share of the budget (60%). The host's I/O is held \
-         before the VMs save, except the VMs' own disks, so the saves get the CPUs."
-    )
-    .unwrap();
-    print!("{out}");
-    std::fs::create_dir_all("benches/results").unwrap();
-    std::fs::write("benches/results/pod.md", out).unwrap();
     mounts.shutdown();
+    out
 }

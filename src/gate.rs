@@ -15,7 +15,9 @@
 //! The sequence first holds everything but the disks of the VMs it is
 //! about to save ([`Gate::hold_except`]): QEMU flushes its disks as it
 //! stops, so their I/O must go on, while the rest of the host's I/O stops
-//! and leaves the CPUs to the saves. Block I/O names its region
+//! and leaves the CPUs to the saves. That hold does not wait: what is in
+//! flight finishes while the VMs save, and the [`Gate::hold`] after the
+//! saves waits for it and for the disks' I/O. Block I/O names its region
 //! ([`Gate::enter_or_wait_as`]); only while the gate is held is that name
 //! looked at.
 //!
@@ -25,8 +27,14 @@
 //! transports' own threads). A guard is `'static` and `Send`, so it can
 //! move into `spawn_blocking` with the work it protects.
 
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+/// Flags of [`Shared::word`], above the count of work in flight.
+const HELD: u64 = 1 << 62;
+const CLOSED: u64 = 1 << 63;
+const FLAGS: u64 = HELD | CLOSED;
 
 /// A gate that can be shared by cloning (all clones are the same gate).
 #[derive(Debug, Clone, Default)]
@@ -36,8 +44,16 @@ pub struct Gate {
 
 #[derive(Debug, Default)]
 struct Shared {
+    /// The work in flight (but exempt work) and the `HELD` and `CLOSED`
+    /// flags in one word: entering and leaving an open gate is one atomic
+    /// add, holding it one atomic or. With a mutex there, threads streaming
+    /// I/O kept taking it and the power-outage sequence could wait tens of
+    /// milliseconds just to hold the gate. Flags change only under `state`'s
+    /// mutex, so the slow paths see them stand still.
+    word: AtomicU64,
     state: Mutex<State>,
-    /// Signalled whenever `in_flight` drops to zero.
+    /// Signalled when a held or closed gate's work in flight (or its exempt
+    /// work) drops to zero.
     idle: Condvar,
     /// Signalled when a held gate opens or closes.
     released: Condvar,
@@ -45,14 +61,9 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Shut: entering fails.
-    closed: bool,
-    /// Held (power-outage fence): `enter` fails, `enter_or_wait` waits.
-    held: bool,
     /// While held, block I/O of these regions still enters (and counts in
     /// `exempt_in_flight`).
     exempt: std::collections::BTreeSet<String>,
-    in_flight: usize,
     exempt_in_flight: usize,
 }
 
@@ -98,12 +109,7 @@ impl Gate {
     /// Let one piece of work in, or fail at once if the gate is closed or
     /// held.
     pub fn enter(&self) -> Result<GateGuard, GateClosed> {
-        let mut state = self.shared.lock();
-        if state.closed || state.held {
-            return Err(GateClosed);
-        }
-        state.in_flight += 1;
-        Ok(GateGuard { shared: Arc::clone(&self.shared), exempt: false })
+        self.shared.try_enter().ok_or(GateClosed)
     }
 
     /// Let one piece of work in; while the gate is held, wait until it
@@ -116,13 +122,18 @@ impl Gate {
     /// [`enter_or_wait`](Gate::enter_or_wait) for block I/O of region
     /// `region`, which enters a held gate that exempts it.
     pub fn enter_or_wait_as(&self, region: &str) -> Result<GateGuard, GateClosed> {
+        if let Some(guard) = self.shared.try_enter() {
+            return Ok(guard);
+        }
         let mut state = self.shared.lock();
         loop {
-            if state.closed {
+            // The flags cannot change while the mutex is held.
+            let word = self.shared.word.load(SeqCst);
+            if word & CLOSED != 0 {
                 return Err(GateClosed);
             }
-            if !state.held {
-                state.in_flight += 1;
+            if word & HELD == 0 {
+                self.shared.word.fetch_add(1, SeqCst);
                 return Ok(GateGuard { shared: Arc::clone(&self.shared), exempt: false });
             }
             if !region.is_empty() && state.exempt.contains(region) {
@@ -136,11 +147,11 @@ impl Gate {
     /// Stop new work for good (shutdown) and wait up to `timeout` for
     /// in-flight work to leave. Work waiting at a held gate fails.
     ///
-    /// On timeout the gate stays closed and the error says how much work is
+    /// On timeout the gate stays closed and the error says how much is
     /// still inside; calling `close` again keeps waiting.
     pub fn close(&self, timeout: Duration) -> Result<Drained, DrainTimeout> {
         let mut state = self.shared.lock();
-        state.closed = true;
+        self.shared.word.fetch_or(CLOSED, SeqCst);
         state.exempt.clear();
         self.shared.released.notify_all();
         self.drain(state, timeout)
@@ -152,23 +163,19 @@ impl Gate {
     /// (or [`close`](Gate::close)). On timeout the gate stays held.
     pub fn hold(&self, timeout: Duration) -> Result<Drained, DrainTimeout> {
         let mut state = self.shared.lock();
-        state.held = true;
+        self.shared.word.fetch_or(HELD, SeqCst);
         state.exempt.clear();
         self.drain(state, timeout)
     }
 
-    /// [`hold`](Gate::hold), except that block I/O of the `regions` still
-    /// enters; waits for everything else in flight. A later `hold` ends the
+    /// Hold new work like [`hold`](Gate::hold), except that block I/O of
+    /// the `regions` still enters, and return at once with the number of
+    /// other operations in flight: a later `hold` waits for them, ends the
     /// exemption and waits for that I/O too.
-    pub fn hold_except(
-        &self,
-        regions: impl IntoIterator<Item = String>,
-        timeout: Duration,
-    ) -> Result<Drained, DrainTimeout> {
+    pub fn hold_except(&self, regions: impl IntoIterator<Item = String>) -> usize {
         let mut state = self.shared.lock();
-        state.held = true;
         state.exempt = regions.into_iter().collect();
-        self.drain(state, timeout)
+        count(self.shared.word.fetch_or(HELD, SeqCst))
     }
 
     /// Wait for the work the gate's state says must leave: all of it, or
@@ -179,8 +186,10 @@ impl Gate {
         timeout: Duration,
     ) -> Result<Drained, DrainTimeout> {
         let start = Instant::now();
-        let inside =
-            |s: &State| s.in_flight + if s.exempt.is_empty() { s.exempt_in_flight } else { 0 };
+        let inside = |s: &State| {
+            count(self.shared.word.load(SeqCst))
+                + if s.exempt.is_empty() { s.exempt_in_flight } else { 0 }
+        };
         while inside(&state) > 0 {
             let waited = start.elapsed();
             let Some(left) = timeout.checked_sub(waited).filter(|d| !d.is_zero()) else {
@@ -199,44 +208,68 @@ impl Gate {
     /// Let work in again, waiting work first.
     pub fn open(&self) {
         let mut state = self.shared.lock();
-        state.closed = false;
-        state.held = false;
+        self.shared.word.fetch_and(!FLAGS, SeqCst);
         state.exempt.clear();
         self.shared.released.notify_all();
     }
 
     /// Whether `enter` currently succeeds.
     pub fn is_open(&self) -> bool {
-        let state = self.shared.lock();
-        !state.closed && !state.held
+        self.shared.word.load(SeqCst) & FLAGS == 0
     }
 
-    /// How many guards are alive.
+    /// How many guards are alive (an `enter` on its way to failing may
+    /// count for an instant).
     pub fn in_flight(&self) -> usize {
         let state = self.shared.lock();
-        state.in_flight + state.exempt_in_flight
+        count(self.shared.word.load(SeqCst)) + state.exempt_in_flight
     }
 }
 
+/// The work in flight a [`Shared::word`] counts.
+fn count(word: u64) -> usize {
+    (word & !FLAGS) as usize
+}
+
 impl Shared {
-    /// The state is two plain counters that are never left half-updated, so
-    /// a panic elsewhere while holding the lock cannot corrupt it.
+    /// The exemptions are a set and a counter never left half-updated, so a
+    /// panic elsewhere while holding the lock cannot corrupt them.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Enter an open gate (one atomic add), or `None`.
+    fn try_enter(self: &Arc<Self>) -> Option<GateGuard> {
+        if self.word.fetch_add(1, SeqCst) & FLAGS != 0 {
+            self.leave();
+            return None;
+        }
+        Some(GateGuard { shared: Arc::clone(self), exempt: false })
+    }
+
+    /// One piece of (not exempt) work leaves. Only `close` and `hold` wait,
+    /// and only once the flags are set: no wake-up (a futex call) for every
+    /// request while the gate is open. The last to leave a held or closed
+    /// gate wakes them under the mutex, which they hold from their check of
+    /// the count to their wait, so the wake-up cannot fall between.
+    fn leave(&self) {
+        let before = self.word.fetch_sub(1, SeqCst);
+        if before & FLAGS != 0 && count(before) == 1 {
+            let _state = self.lock();
+            self.idle.notify_all();
+        }
     }
 }
 
 impl Drop for GateGuard {
     fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        if self.exempt {
-            state.exempt_in_flight -= 1;
-        } else {
-            state.in_flight -= 1;
+        if !self.exempt {
+            self.shared.leave();
+            return;
         }
-        // Only `close` and `hold` wait, and only once they have shut the
-        // gate: no wake-up (a futex call) for every request while it is open.
-        if (state.closed || state.held) && (state.in_flight == 0 || state.exempt_in_flight == 0) {
+        let mut state = self.shared.lock();
+        state.exempt_in_flight -= 1;
+        if state.exempt_in_flight == 0 {
             self.shared.idle.notify_all();
         }
     }
@@ -311,16 +344,7 @@ mod tests {
     fn a_gate_held_except_for_some_regions_lets_their_io_in_until_it_is_held_for_all() {
         let gate = Gate::new();
         let before = gate.enter().unwrap();
-        let holder = {
-            let gate = gate.clone();
-            thread::spawn(move || {
-                gate.hold_except(["vm-disk".to_string()], Duration::from_secs(10))
-            })
-        };
-        thread::sleep(Duration::from_millis(50));
-        assert!(!holder.is_finished(), "it waits for the work inside");
-        drop(before);
-        holder.join().unwrap().unwrap();
+        assert_eq!(gate.hold_except(["vm-disk".to_string()]), 1, "it counts the work inside");
         // The exempt region's I/O goes on; others' waits.
         let disk = gate.enter_or_wait_as("vm-disk").unwrap();
         let other = {
@@ -335,6 +359,9 @@ mod tests {
             let gate = gate.clone();
             thread::spawn(move || gate.hold(Duration::from_secs(10)))
         };
+        thread::sleep(Duration::from_millis(50));
+        assert!(!holder.is_finished(), "it waits for the guest's I/O and the work inside");
+        drop(before);
         thread::sleep(Duration::from_millis(50));
         assert!(!holder.is_finished(), "it waits for the guest's I/O");
         drop(disk);
@@ -401,6 +428,52 @@ mod tests {
         assert!(err.waited >= Duration::from_millis(20));
         assert!(err.to_string().starts_with("2 operations were still in flight"));
         assert!(!gate.is_open());
+    }
+
+    #[test]
+    fn a_hold_amid_streaming_io_returns_only_when_nothing_is_inside_and_nothing_enters() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        let gate = Gate::new();
+        let inside = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..4)
+            .map(|i| {
+                let (gate, inside, stop) = (gate.clone(), inside.clone(), stop.clone());
+                thread::spawn(move || {
+                    let mut done = 0u64;
+                    while !stop.load(SeqCst) {
+                        let guard =
+                            if i % 2 == 0 { gate.enter().ok() } else { gate.enter_or_wait().ok() };
+                        if let Some(guard) = guard {
+                            inside.fetch_add(1, SeqCst);
+                            std::hint::black_box(&mut done);
+                            inside.fetch_sub(1, SeqCst);
+                            drop(guard);
+                            done += 1;
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        for round in 0..200 {
+            if round % 2 == 0 {
+                gate.hold(Duration::from_secs(10)).unwrap();
+            } else {
+                gate.hold_except(["disk".to_string()]);
+                gate.hold(Duration::from_secs(10)).unwrap();
+            }
+            for _ in 0..50 {
+                // (`in_flight` may count an `enter` on its way to failing.)
+                assert_eq!(inside.load(SeqCst), 0, "round {round}: work inside a held gate");
+            }
+            gate.open();
+            thread::sleep(Duration::from_micros(100));
+        }
+        stop.store(true, SeqCst);
+        let done: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert!(done > 0);
+        assert_eq!(gate.in_flight(), 0);
     }
 
     #[test]

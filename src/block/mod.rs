@@ -784,7 +784,7 @@ impl BlockRegion {
                 }
             }
             let read = in_parallel(&runs, placed.len(), |(first, run)| {
-                tier.store.read_slots_into(*first, &*self.media, run)
+                tier.store.read_slots_into(*first, &*self.media, run, !accessed)
             });
             if let Err(e) = read {
                 st.free.extend(placed.iter().map(|&(_, f, _)| f));

@@ -36,13 +36,24 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
     /// Read one 4 KiB block from `slot`.
     fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Read slots `first..`, in order, into the blocks at byte `offsets`
-    /// of `media` (not yet durable there). A file tier reads them straight
+    /// of `media` (not yet durable there); `cold`: nobody is waiting to
+    /// read them ([`Media::write_cold`]). A file tier reads them straight
     /// into the medium.
-    fn read_slots_into(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
+    fn read_slots_into(
+        &self,
+        first: u64,
+        media: &dyn Media,
+        offsets: &[u64],
+        cold: bool,
+    ) -> io::Result<()> {
         let mut block = vec![0u8; PAGE_SIZE as usize];
         for (i, &offset) in offsets.iter().enumerate() {
             self.read_slot(first + i as u64, &mut block)?;
-            media.write(offset, &block)?;
+            if cold {
+                media.write_cold(offset, &block)?;
+            } else {
+                media.write(offset, &block)?;
+            }
         }
         Ok(())
     }

@@ -233,7 +233,7 @@ impl SwapStore for FileSwap {
         // SAFETY: the slots are allocated pages of the file under the live
         // mapping (`prepare`), and only this block's mover touches them
         // (module documentation).
-        unsafe { sys::copy_in(self.base(), first * PAGE_SIZE, data) };
+        unsafe { sys::copy_in_streaming(self.base(), first * PAGE_SIZE, data) };
         Ok(())
     }
 
@@ -258,7 +258,7 @@ impl SwapStore for FileSwap {
             };
             // SAFETY: the slots are allocated pages of the file under the
             // live mapping (`prepare`) that only this eviction touches.
-            unsafe { sys::copy_in(self.base(), slot * PAGE_SIZE, data) };
+            unsafe { sys::copy_in_streaming(self.base(), slot * PAGE_SIZE, data) };
         }
         Ok(())
     }
@@ -274,7 +274,13 @@ impl SwapStore for FileSwap {
         Ok(())
     }
 
-    fn read_slots_into(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
+    fn read_slots_into(
+        &self,
+        first: u64,
+        media: &dyn Media,
+        offsets: &[u64],
+        cold: bool,
+    ) -> io::Result<()> {
         if self.on_disk {
             // Bytes past the end of the file and in holes read as zeros.
             let ranges: Vec<(u64, u64)> =
@@ -294,7 +300,11 @@ impl SwapStore for FileSwap {
             // live mapping (checked above); nothing stores into them while
             // their blocks are faulted in.
             let data = unsafe { sys::bytes_at(self.base(), slot * PAGE_SIZE, len) };
-            media.write(offset, data)?;
+            if cold {
+                media.write_cold(offset, data)?;
+            } else {
+                media.write(offset, data)?;
+            }
         }
         Ok(())
     }
@@ -483,7 +493,7 @@ mod tests {
             assert_eq!(buf, [10u8; 4096], "{}", dir.path().display());
             // And back, into other frames.
             let targets: Vec<u64> = [12u64, 13, 14, 15].iter().map(|b| b * PAGE_SIZE).collect();
-            swap.read_slots_into(5, &media, &targets).unwrap();
+            swap.read_slots_into(5, &media, &targets, false).unwrap();
             for (slot_block, target) in [2u8, 3, 4, 9].iter().zip(12u64..) {
                 media.read(target * PAGE_SIZE, &mut buf).unwrap();
                 assert_eq!(buf, [slot_block + 1; 4096], "{}", dir.path().display());

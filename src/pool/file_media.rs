@@ -276,6 +276,15 @@ impl Media for MappedMedia {
         Ok(())
     }
 
+    fn write_cold(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        check_bounds(self.len, offset, data.len() as u64)?;
+        // SAFETY: as for `write`.
+        unsafe { sys::copy_in_streaming(self.base, offset, data) };
+        self.dirty.mark(offset, data.len() as u64);
+        Ok(())
+    }
+
     fn flush(&self, offset: u64, len: u64) -> io::Result<()> {
         check_bounds(self.len, offset, len)?;
         if len == 0 || !self.writable {

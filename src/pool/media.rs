@@ -82,6 +82,13 @@ pub trait Media: Send + Sync + fmt::Debug {
     /// Copy bytes into the medium (not yet durable).
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()>;
 
+    /// [`write`](Media::write) data nobody will read soon (a block going
+    /// to swap or brought back unasked): a mapped medium writes whole
+    /// blocks without pulling them into the cache.
+    fn write_cold(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write(offset, data)
+    }
+
     /// Start making a range durable. It is durable once a later
     /// [`barrier`](Media::barrier) has returned.
     fn flush(&self, offset: u64, len: u64) -> io::Result<()>;

@@ -55,6 +55,11 @@ impl Media for MediaWindow {
         self.inner.write(self.base + offset, data)
     }
 
+    fn write_cold(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        check_bounds(self.len, offset, data.len() as u64)?;
+        self.inner.write_cold(self.base + offset, data)
+    }
+
     fn flush(&self, offset: u64, len: u64) -> io::Result<()> {
         check_bounds(self.len, offset, len)?;
         self.inner.flush(self.base + offset, len)

@@ -49,11 +49,7 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
         let mut block = vec![0u8; PAGE_SIZE as usize];
         for (i, &offset) in offsets.iter().enumerate() {
             self.read_slot(first + i as u64, &mut block)?;
-            if cold {
-                media.write_cold(offset, &block)?;
-            } else {
-                media.write(offset, &block)?;
-            }
+            put(media, offset, &block, cold)?;
         }
         Ok(())
     }
@@ -61,6 +57,16 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
     fn sync(&self) -> io::Result<()>;
     /// `slot` is free; the store may give its space back.
     fn discard_slot(&self, slot: u64);
+}
+
+/// Write a block read from swap into `media`: cold ([`Media::write_cold`])
+/// when nobody waits to read it.
+pub(super) fn put(media: &dyn Media, offset: u64, data: &[u8], cold: bool) -> io::Result<()> {
+    if cold {
+        media.write_cold(offset, data)
+    } else {
+        media.write(offset, data)
+    }
 }
 
 /// Swap slots on a [`Media`] window (crash tests: the slots share the crash

@@ -36,7 +36,7 @@ use std::sync::{Mutex, MutexGuard};
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, SeekFrom};
 
-use super::swap::SwapStore;
+use super::swap::{put, SwapStore};
 use crate::pool::{sys, Media, PAGE_SIZE};
 
 /// Address space reserved for the file: the most it can grow to.
@@ -291,7 +291,7 @@ impl SwapStore for FileSwap {
             let mut block = vec![0u8; PAGE_SIZE as usize];
             for (i, &offset) in offsets.iter().enumerate() {
                 self.pread_slot(first + i as u64, &mut block)?;
-                media.write(offset, &block)?;
+                put(media, offset, &block, cold)?;
             }
             return Ok(());
         }
@@ -300,11 +300,7 @@ impl SwapStore for FileSwap {
             // live mapping (checked above); nothing stores into them while
             // their blocks are faulted in.
             let data = unsafe { sys::bytes_at(self.base(), slot * PAGE_SIZE, len) };
-            if cold {
-                media.write_cold(offset, data)?;
-            } else {
-                media.write(offset, data)?;
-            }
+            put(media, offset, data, cold)?;
         }
         Ok(())
     }

@@ -69,6 +69,23 @@ fn io_err<'a>(path: &'a Path, operation: &'static str) -> impl FnOnce(io::Error)
 }
 
 impl MappedMedia {
+    /// Copy `data` to `offset` with `copy` (`sys::copy_in` or its
+    /// streaming twin) and mark it dirty.
+    fn store(
+        &self,
+        offset: u64,
+        data: &[u8],
+        copy: unsafe fn(*mut u8, u64, &[u8]),
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        check_bounds(self.len, offset, data.len() as u64)?;
+        // SAFETY: bounds checked above; the mapping is writable and lives as
+        // long as self; both copies have the same contract.
+        unsafe { copy(self.base, offset, data) };
+        self.dirty.mark(offset, data.len() as u64);
+        Ok(())
+    }
+
     /// Create a sparse pool file of `size` bytes; fails if `path` exists.
     pub fn create_file(path: &Path, size: u64) -> Result<MappedMedia> {
         if path.is_dir() {
@@ -267,22 +284,11 @@ impl Media for MappedMedia {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.check_writable()?;
-        check_bounds(self.len, offset, data.len() as u64)?;
-        // SAFETY: bounds checked above; the mapping is writable and lives as
-        // long as self.
-        unsafe { sys::copy_in(self.base, offset, data) };
-        self.dirty.mark(offset, data.len() as u64);
-        Ok(())
+        self.store(offset, data, sys::copy_in)
     }
 
     fn write_cold(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.check_writable()?;
-        check_bounds(self.len, offset, data.len() as u64)?;
-        // SAFETY: as for `write`.
-        unsafe { sys::copy_in_streaming(self.base, offset, data) };
-        self.dirty.mark(offset, data.len() as u64);
-        Ok(())
+        self.store(offset, data, sys::copy_in_streaming)
     }
 
     fn flush(&self, offset: u64, len: u64) -> io::Result<()> {

@@ -124,6 +124,12 @@ pub fn report_text(report: &PodReport) -> String {
             (None, None) => format!("did not save {}", p.name),
         });
     }
+    if report.participants_left_out > 0 {
+        lines.push(format!(
+            "{} more participants are not in the fence record (no room; the daemon's log has them)",
+            report.participants_left_out
+        ));
+    }
     for problem in &report.problems {
         lines.push(format!("problem: {problem}"));
     }

@@ -13,7 +13,7 @@
 //! one log line, and a VM that fails stops neither the daemon nor the
 //! others.
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::daemon::api::{vms, SharedState};
 use crate::pod::StartReport;
@@ -30,10 +30,11 @@ pub struct ResumePlan {
     pub left: Vec<(String, String)>,
 }
 
-/// Which of `vms` (every VM of the pool: name, whether it has a saved
-/// state) to resume after the daemon found the pool as `start` says.
-pub fn plan(start: &StartReport, vms: &[(String, bool)]) -> ResumePlan {
-    let saved = |name: &str| vms.iter().any(|(vm, has)| vm == name && *has);
+/// Which of `vms` (every VM of the pool: name, when its saved state was
+/// written if it has one) to resume after the daemon found the pool as
+/// `start` says.
+pub fn plan(start: &StartReport, vms: &[(String, Option<SystemTime>)]) -> ResumePlan {
+    let saved = |name: &str| vms.iter().any(|(vm, state)| vm == name && state.is_some());
     let mut plan = ResumePlan::default();
     if start.opened_from != "fence" {
         let why = match &start.note {
@@ -55,14 +56,22 @@ pub fn plan(start: &StartReport, vms: &[(String, bool)]) -> ResumePlan {
     let Some(report) = &start.fence else {
         // The record vouches for the pool but its report is unreadable:
         // the saved states on disk are what the sequence wrote.
-        plan.resume = vms.iter().filter(|(_, has)| *has).map(|(name, _)| name.clone()).collect();
+        plan.resume =
+            vms.iter().filter(|(_, state)| state.is_some()).map(|(name, _)| name.clone()).collect();
         return plan;
     };
     plan.sequence = report.sequence;
     let pod = report.sequence;
-    for (name, has_state) in vms {
+    let triggered = UNIX_EPOCH + Duration::from_nanos(report.triggered_unix_ns);
+    for (name, state) in vms {
+        let has_state = &state.is_some();
         let participant = report.participants.iter().find(|p| &p.name == name);
+        // The record had no room for every participant: a state written
+        // after the trigger is this outage's.
+        let left_out_saved =
+            report.participants_left_out > 0 && state.is_some_and(|written| written >= triggered);
         match participant {
+            None if left_out_saved => plan.resume.push(name.clone()),
             Some(p) if p.saved_to.is_some() => plan.resume.push(name.clone()),
             Some(p) => {
                 let why = p.error.as_deref().unwrap_or("no reason was recorded");
@@ -102,7 +111,9 @@ pub async fn resume_after_outage(state: &SharedState, start: &StartReport) {
     for record in vm::spec::list(&state.pool) {
         match record {
             Ok(record) => {
-                let saved = state.vms.paths().state(&record.name).exists();
+                let saved = std::fs::metadata(state.vms.paths().state(&record.name))
+                    .and_then(|meta| meta.modified())
+                    .ok();
                 vms.push((record.name, saved));
             }
             Err(err) => {
@@ -178,6 +189,7 @@ mod tests {
                 fenced_us: 0,
                 phases: Vec::new(),
                 participants,
+                participants_left_out: 0,
                 flushed_bytes: 0,
                 fenced: true,
                 protected: true,
@@ -198,8 +210,10 @@ mod tests {
         }
     }
 
-    fn vms(list: &[(&str, bool)]) -> Vec<(String, bool)> {
-        list.iter().map(|(name, saved)| (name.to_string(), *saved)).collect()
+    /// VMs with a state saved after the trigger (at time 0) or none.
+    fn vms(list: &[(&str, bool)]) -> Vec<(String, Option<SystemTime>)> {
+        let saved = UNIX_EPOCH + Duration::from_secs(5);
+        list.iter().map(|(name, has)| (name.to_string(), has.then_some(saved))).collect()
     }
 
     #[test]
@@ -222,6 +236,20 @@ mod tests {
         let plan = plan(&start, &vms(&[("web", true), ("old", true)]));
         assert_eq!(plan.resume, ["web"]);
         assert_eq!(plan.left[0].0, "old");
+        assert!(plan.left[0].1.starts_with("VM old has a saved state that POD #3 did not write"));
+    }
+
+    #[test]
+    fn vms_the_fence_record_had_no_room_for_resume_if_saved_after_the_trigger() {
+        let mut start = fenced(vec![participant("web", true)]);
+        let report = start.fence.as_mut().unwrap();
+        report.participants_left_out = 2;
+        report.triggered_unix_ns = 4_000_000_000;
+        let mut list = vms(&[("web", true), ("db", true), ("idle", false)]);
+        list.push(("old".into(), Some(UNIX_EPOCH + Duration::from_secs(3))));
+        let plan = plan(&start, &list);
+        assert_eq!(plan.resume, ["web", "db"]);
+        assert_eq!(plan.left.len(), 1);
         assert!(plan.left[0].1.starts_with("VM old has a saved state that POD #3 did not write"));
     }
 

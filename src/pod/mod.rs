@@ -345,6 +345,7 @@ impl<'a> Run<'a> {
                 fenced_us: 0,
                 phases: Vec::new(),
                 participants: Vec::new(),
+                participants_left_out: 0,
                 flushed_bytes: 0,
                 fenced: false,
                 protected: false,
@@ -526,14 +527,16 @@ impl<'a> Run<'a> {
             let mut body = run.report.clone();
             body.total_us = micros(run.started.elapsed());
             let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
-            // The record has room for the phases and a few dozen participants;
-            // beyond that, details go first, then participants (the full
-            // report is in the log).
+            // The record has room for the phases and a dozen participants or
+            // more; beyond that, details go first, then participants, counted
+            // (the full report is in the log).
             while bytes.len() > MAX_FENCE_REPORT {
                 if body.phases.iter().any(|p| !p.detail.is_empty()) || !body.problems.is_empty() {
                     body.phases.iter_mut().for_each(|p| p.detail.clear());
                     body.problems.clear();
-                } else if body.participants.pop().is_none() {
+                } else if body.participants.pop().is_some() {
+                    body.participants_left_out += 1;
+                } else {
                     break;
                 }
                 bytes = serde_json::to_vec(&body).unwrap_or_default();
@@ -646,12 +649,13 @@ mod tests {
     /// A participant that notes the niceness its save ran at.
     #[derive(Debug, Default)]
     struct Witness {
+        name: String,
         nice: Mutex<Option<i32>>,
     }
 
     impl PodParticipant for Witness {
         fn name(&self) -> String {
-            "witness".into()
+            self.name.clone()
         }
 
         fn save(&self, _deadline: Instant) -> Result<SavedState, ParticipantError> {
@@ -664,16 +668,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_sequence_runs_at_raised_priority_and_gives_the_thread_its_own_back() {
+    /// A coordinator of a small pool on crash media, with no targets.
+    fn pod() -> (Pod, Arc<Pool>) {
         const SIZE: u64 = 2 << 20;
         let media = Arc::new(CrashMedia::new(SIZE, TearGranularity::Nvram));
         let window = Arc::new(MediaWindow::new(media, 0, SIZE).unwrap());
         let path = Path::new("pod.pool");
         Pool::format(Arc::clone(&window) as _, path, SIZE, Some(16 << 10)).unwrap();
         let pool = Arc::new(Pool::open_media(window, path, OpenMode::ReadWrite).unwrap());
-        let targets = PodTargets { pool, gate: Gate::new(), mounts: None, blocks: None };
-        let pod = Pod::new(targets, DEFAULT_BUDGET, PodMetrics::default());
+        let targets =
+            PodTargets { pool: Arc::clone(&pool), gate: Gate::new(), mounts: None, blocks: None };
+        (Pod::new(targets, DEFAULT_BUDGET, PodMetrics::default()), pool)
+    }
+
+    #[test]
+    fn a_fence_record_without_room_for_every_participant_counts_those_left_out() {
+        let (pod, pool) = pod();
+        for i in 0..60 {
+            let name = format!("a-virtual-machine-with-a-long-name-{i:03}");
+            pod.participants().register(Arc::new(Witness { name, ..Default::default() }));
+        }
+        let report = pod.fence(Trigger::now("test"));
+        assert!(report.fenced, "{report:?}");
+        assert_eq!((report.participants.len(), report.participants_left_out), (60, 0));
+        let record = pool.fence_record().expect("a fence record");
+        let recorded: PodReport = serde_json::from_slice(&record.report).unwrap();
+        assert!(recorded.participants_left_out > 0, "60 participants fit in 2 KiB?");
+        assert_eq!(recorded.participants.len() as u64 + recorded.participants_left_out, 60);
+        assert!(recorded.participants.iter().all(|p| p.saved_to.is_some()));
+    }
+
+    #[test]
+    fn the_sequence_runs_at_raised_priority_and_gives_the_thread_its_own_back() {
+        let (pod, _pool) = pod();
         let witness = Arc::new(Witness::default());
         pod.participants().register(Arc::clone(&witness) as _);
         let (before, root) = std::thread::spawn(move || {

@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Hold the gate (block I/O, resizes, the balancer, control changes)
-    /// except the disks of the VMs about to save; wait for what is in
-    /// flight.
+    /// except the disks of the VMs about to save; what is in flight
+    /// finishes while they save.
     Quiesce,
     /// Registered participants (VMs) pause and save their state; then the
-    /// gate holds everything and filesystem requests are held.
+    /// gate holds everything, filesystem requests are held, and what is in
+    /// flight drains.
     SaveVms,
     /// Commit every RvmFS mount and flush every block region's map.
     Commit,
@@ -95,6 +96,11 @@ pub struct PodReport {
     pub fenced_us: u64,
     pub phases: Vec<PhaseReport>,
     pub participants: Vec<ParticipantReport>,
+    /// Participants the fence record had no room for (the log names them
+    /// all): `serve --resume-vms` also resumes the VMs whose saved state is
+    /// newer than the trigger.
+    #[serde(default)]
+    pub participants_left_out: u64,
     /// Bytes the flush phase wrote back.
     pub flushed_bytes: u64,
     /// The fence record is durable: the pool holds everything written

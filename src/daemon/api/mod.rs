@@ -331,6 +331,9 @@ mod tests {
         ("get", "/v1/health"),
         ("get", "/v1/pool"),
         ("get", "/v1/pool/check"),
+        ("get", "/v1/pool/balance"),
+        ("put", "/v1/pool/balance"),
+        ("post", "/v1/pool/balance/run"),
         ("get", "/v1/regions"),
         ("post", "/v1/regions"),
         ("get", "/v1/regions/{name}"),
@@ -349,6 +352,9 @@ mod tests {
         ("get", "/v1/mounts"),
         ("post", "/v1/mounts"),
         ("delete", "/v1/mounts/{region}"),
+        ("get", "/v1/pod"),
+        ("post", "/v1/pod/trigger"),
+        ("post", "/v1/pod/cancel"),
         ("get", "/v1/vms"),
         ("post", "/v1/vms"),
         ("get", "/v1/vms/{name}"),
@@ -377,6 +383,25 @@ mod tests {
             }
         }
         methods
+    }
+
+    #[test]
+    fn every_route_of_the_router_is_in_the_list_of_endpoints() {
+        let source = include_str!("mod.rs");
+        let router = &source[..source.find("#[cfg(test)]").unwrap()];
+        let routes = router.split(".route(").skip(1).filter_map(|rest| {
+            let rest = rest.trim_start().strip_prefix('"')?;
+            rest.split('"').next()
+        });
+        let mut count = 0;
+        for path in routes {
+            count += 1;
+            assert!(
+                ENDPOINTS.iter().any(|(_, p)| *p == path),
+                "{path} is routed but missing from ENDPOINTS (and maybe from api/openapi.yaml)"
+            );
+        }
+        assert!(count >= 20, "found only {count} routes: the scan is broken");
     }
 
     #[test]

@@ -119,8 +119,9 @@ impl Reader {
     }
 }
 
-/// The guest's answer: the agent's own victim choice, told the hot set.
-fn guest_victims(count: u64) -> (Vec<GuestVictims>, Duration) {
+/// The guest's answer: the agent's own victim choice, told the hot set,
+/// asked as the host asks (with `disk`'s resident blocks).
+fn guest_victims(count: u64, disk: &BlockRegion) -> (Vec<GuestVictims>, Duration) {
     let mut knowledge = Knowledge::new();
     knowledge.add_device(&Device { serial: SERIAL.into(), size_bytes: SIZE });
     let hot_end = ((MU + 3.0 * SIGMA) as u64 * BLOCK).div_ceil(u64::from(HINT_BLOCK_SIZE));
@@ -136,6 +137,9 @@ fn guest_victims(count: u64) -> (Vec<GuestVictims>, Duration) {
         count,
         block_size: BLOCK as u32,
         deadline_ms: 200,
+        resident: disk.resident_runs(pmvisor_agent::protocol::MAX_RANGES).map(|runs| {
+            runs.into_iter().map(|(start, count)| BlockRange { start, count }).collect()
+        }),
     };
     let started = Instant::now();
     let answer = knowledge.answer_evict(&request, started);
@@ -169,9 +173,14 @@ fn random_victims(count: u64, rng: &mut StdRng) -> Vec<GuestVictims> {
 }
 
 /// The victims of one shrink by `count` blocks.
-fn victims(chooser: Chooser, count: u64, rng: &mut StdRng) -> (Vec<GuestVictims>, Duration) {
+fn victims(
+    chooser: Chooser,
+    count: u64,
+    disk: &BlockRegion,
+    rng: &mut StdRng,
+) -> (Vec<GuestVictims>, Duration) {
     match chooser {
-        Chooser::Guest => guest_victims(count),
+        Chooser::Guest => guest_victims(count, disk),
         Chooser::Random => (random_victims(count, rng), Duration::ZERO),
         Chooser::Clock => (Vec::new(), Duration::ZERO),
     }
@@ -217,7 +226,7 @@ fn run(dir: &Path, chooser: Chooser) -> Outcome {
     reader.read(&disk, WARM_READS);
     let count = SHRINK / BLOCK;
     let mut rng = StdRng::seed_from_u64(11);
-    let (chosen, answer) = victims(chooser, count, &mut rng);
+    let (chosen, answer) = victims(chooser, count, &disk, &mut rng);
     let first_shrink = shrink(&disk, &chosen);
     let before = disk.stats().faults;
     reader.read(&disk, READS);
@@ -231,14 +240,14 @@ fn run(dir: &Path, chooser: Chooser) -> Outcome {
         if cycle > 0 {
             reader.read(&disk, WARM_READS);
         }
-        steady_shrinks.push(shrink(&disk, &victims(chooser, count, &mut rng).0).elapsed);
+        steady_shrinks.push(shrink(&disk, &victims(chooser, count, &disk, &mut rng).0).elapsed);
         steady_grows.push(grow(&disk).elapsed);
     }
     steady_shrinks.sort_unstable();
     steady_grows.sort_unstable();
 
     reader.read(&disk, WARM_READS);
-    shrink(&disk, &victims(chooser, count, &mut rng).0);
+    shrink(&disk, &victims(chooser, count, &disk, &mut rng).0);
     pool.settle_discards();
     let grow_given_back = grow(&disk);
 

@@ -127,6 +127,7 @@ fn fixed_corpus() -> Vec<(String, Vec<u8>)> {
             count: 65536,
             block_size: 4096,
             deadline_ms: 200,
+            resident: Some(vec![range(0, 1000), range(5000, 3)]),
         }),
         Message::EvictAnswer(EvictAnswer {
             id: 7,

@@ -173,7 +173,7 @@ fn ask(stream: &mut UnixStream, request: &Message) -> Message {
 }
 
 fn evict_request(id: u64, count: u64, block_size: u32, deadline_ms: u32) -> EvictRequest {
-    EvictRequest { id, serial: SERIAL.into(), count, block_size, deadline_ms }
+    EvictRequest { id, serial: SERIAL.into(), count, block_size, deadline_ms, resident: None }
 }
 
 fn evict(stream: &mut UnixStream, request: &EvictRequest) -> EvictAnswer {
@@ -422,7 +422,7 @@ fn hostile_host_input_gets_a_clear_error_and_a_reconnect() {
     assert!(
         log.contains(
             "the host welcomed the agent with another protocol version: the peer speaks \
-             protocol version 99, this side speaks version 1"
+             protocol version 99, this side speaks version 2"
         ),
         "{log}"
     );

@@ -30,9 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pmvisor_agent::{
-    check_version, normalize_ranges, read_frame_async, total_blocks, validate_answer,
-    write_frame_async, EvictRequest, GrowNotice, Hello, HotRanges, Message, Overlaps,
-    ProtocolError, RangeError, PROTOCOL_VERSION,
+    check_version, normalize_ranges, protocol::BlockRange, read_frame_async, total_blocks,
+    validate_answer, write_frame_async, EvictRequest, GrowNotice, Hello, HotRanges, Message,
+    Overlaps, ProtocolError, RangeError, PROTOCOL_VERSION,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
@@ -176,8 +176,17 @@ impl Shared {
 /// A request for the link's task.
 #[derive(Debug)]
 enum Command {
-    Evict { count: u64, deadline: Duration, reply: oneshot::Sender<Answer<Vec<GuestVictims>>> },
-    Grow { count: u64, deadline: Duration, reply: oneshot::Sender<Answer<Vec<(u64, u64)>>> },
+    Evict {
+        count: u64,
+        deadline: Duration,
+        resident: Option<Vec<BlockRange>>,
+        reply: oneshot::Sender<Answer<Vec<GuestVictims>>>,
+    },
+    Grow {
+        count: u64,
+        deadline: Duration,
+        reply: oneshot::Sender<Answer<Vec<(u64, u64)>>>,
+    },
 }
 
 type Answer<T> = Result<T, AgentFailure>;
@@ -241,16 +250,17 @@ impl AgentLink {
     }
 
     /// Ask the agent for `count` blocks to evict, waiting at most
-    /// `deadline`. `Ok` holds the validated ranges (possibly fewer blocks
+    /// `deadline`, telling it which blocks are `resident` (if known). `Ok` holds the validated ranges (possibly fewer blocks
     /// than asked for, possibly none); every `Err` is counted and logged in
     /// one line, and the caller completes the choice itself.
     pub async fn evict(
         &self,
         count: u64,
         deadline: Duration,
+        resident: Option<Vec<BlockRange>>,
     ) -> Result<Vec<GuestVictims>, AgentFailure> {
         let result = self
-            .ask(deadline, |reply| Command::Evict { count, deadline, reply })
+            .ask(deadline, |reply| Command::Evict { count, deadline, resident, reply })
             .await
             .and_then(|r| r);
         let shared = &self.inner.shared;
@@ -698,13 +708,14 @@ async fn exchange(
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let serial = shared.options.serial.clone();
     match command {
-        Command::Evict { count, deadline, reply } => {
+        Command::Evict { count, deadline, resident, reply } => {
             let request = EvictRequest {
                 id,
                 serial,
                 count,
                 block_size: BLOCK_SIZE,
                 deadline_ms: millis(deadline),
+                resident,
             };
             let message = Message::EvictRequest(request.clone());
             let device_blocks = shared.options.device_blocks;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use pmvisor_agent::protocol::{BlockRange, MAX_RANGES};
+
 use super::{AgentFailure, AgentLink};
 use crate::block::{BlockError, BlockRegion, GuestVictims, ResizeReport};
 use crate::pool::PAGE_SIZE;
@@ -59,7 +61,19 @@ pub async fn resize_with_agent(
         let started = Instant::now();
         let (request, asked, outcome) = if new_frames < frames {
             let need = used.saturating_sub(new_frames);
-            let outcome = if need == 0 { None } else { Some(link.evict(need, deadline).await) };
+            let outcome = if need == 0 {
+                None
+            } else {
+                let scanned = Arc::clone(&region);
+                let runs = tokio::task::spawn_blocking(move || scanned.resident_runs(MAX_RANGES))
+                    .await
+                    .ok()
+                    .flatten();
+                let resident = runs.map(|runs| {
+                    runs.into_iter().map(|(start, count)| BlockRange { start, count }).collect()
+                });
+                Some(link.evict(need, deadline, resident).await)
+            };
             let outcome = outcome.map(|o| {
                 o.map(|v| {
                     let offered = v.iter().map(|v| v.count).sum();

@@ -111,6 +111,27 @@ impl BlockRegion {
         (st.frames - st.free.len() as u64, st.quota)
     }
 
+    /// The runs `(first block, count)` of resident blocks, lowest first, or
+    /// `None` when there are more than `max` (what a shrink tells the
+    /// guest agent, so that it offers only blocks that free a frame).
+    pub fn resident_runs(&self, max: usize) -> Option<Vec<(u64, u64)>> {
+        let st = self.lock();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (block, &raw) in (0u64..).zip(st.map.iter()) {
+            if !matches!(BlockState::decode(raw), Some(BlockState::Resident(_))) {
+                continue;
+            }
+            if let Some((_, count)) = runs.last_mut().filter(|(s, c)| s + c == block) {
+                *count += 1;
+            } else if runs.len() == max {
+                return None;
+            } else {
+                runs.push((block, 1));
+            }
+        }
+        Some(runs)
+    }
+
     /// Set the resident quota to `resident` bytes (whole frames). A shrink
     /// frees guest-chosen `victims` first, then the host's CLOCK choice; a
     /// grow brings back swapped blocks of the `hot` runs `(start, count)`.

@@ -448,6 +448,22 @@ fn blocks_a_grow_brings_back_are_not_faults_and_unread_go_first_at_the_next_shri
 }
 
 #[test]
+fn resident_runs_list_what_is_resident_unless_there_are_too_many_runs() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 64 * BLOCK, resident: 16 * BLOCK, swap: true }));
+    let disk = regions.get("disk").unwrap();
+    for b in (0..4).chain([8]).chain(10..12) {
+        disk.write_at(b * BLOCK, &pattern(b, 1), false).unwrap();
+    }
+    assert_eq!(disk.resident_runs(3), Some(vec![(0, 4), (8, 1), (10, 2)]));
+    assert_eq!(disk.resident_runs(2), None);
+    // Swapped blocks are not resident.
+    let victims = [GuestVictims { start: 1, count: 2, disposition: Disposition::Keep }];
+    disk.resize_resident(5 * BLOCK, &victims, &[]).unwrap();
+    assert_eq!(disk.resident_runs(8), Some(vec![(0, 1), (3, 1), (8, 1), (10, 2)]));
+}
+
+#[test]
 fn quotas_may_exceed_the_pool_frames_are_taken_as_written_and_a_shrink_makes_room() {
     let image = fresh();
     let (media, regions) = region(image, None);

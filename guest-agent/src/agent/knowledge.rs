@@ -151,6 +151,7 @@ impl Knowledge {
             given: &device.given,
             size_bytes: device.size_bytes,
             block_size,
+            resident: request.resident.as_deref(),
         }
         .choose(request.count, received + budget);
         for r in &ranges {
@@ -172,6 +173,7 @@ impl Knowledge {
             given: &device.given,
             size_bytes: device.size_bytes,
             block_size,
+            resident: None,
         }
         .wanted_back(notice.count);
         for r in &ranges {
@@ -242,7 +244,14 @@ mod tests {
     }
 
     fn request(id: u64, count: u64, block_size: u32) -> EvictRequest {
-        EvictRequest { id, serial: "vdb".into(), count, block_size, deadline_ms: 200 }
+        EvictRequest {
+            id,
+            serial: "vdb".into(),
+            count,
+            block_size,
+            deadline_ms: 200,
+            resident: None,
+        }
     }
 
     #[test]

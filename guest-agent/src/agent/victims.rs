@@ -13,7 +13,8 @@
 //! 4. *hot*: some byte hinted hot → `Keep`, from the end backwards, only
 //!    when nothing else is left.
 //!
-//! A block with any byte given away in an earlier answer is never offered.
+//! A block with any byte given away in an earlier answer is never offered,
+//! nor one the request says is not resident (when it lists them).
 //! The answer never names more than `count` blocks nor more than
 //! [`MAX_RANGES`] ranges, and it stops short at the deadline.
 
@@ -35,6 +36,9 @@ pub(crate) struct Victims<'a> {
     pub size_bytes: u64,
     /// Block size of the request (a power of two).
     pub block_size: u64,
+    /// The blocks the host says are resident (in request blocks), if it
+    /// said: no other block is offered.
+    pub resident: Option<&'a [BlockRange]>,
 }
 
 impl Victims<'_> {
@@ -57,6 +61,20 @@ impl Victims<'_> {
     /// Blocks with any byte given away.
     fn given_blocks(&self) -> SpanSet {
         SpanSet::from_spans(self.given.iter().map(|(s, e, ())| self.outward(s, e)).collect())
+    }
+
+    /// Blocks never to offer: those given away, and those the host says are
+    /// not resident.
+    fn excluded_blocks(&self) -> SpanSet {
+        let given = self.given.iter().map(|(s, e, ())| self.outward(s, e));
+        let Some(resident) = self.resident else {
+            return SpanSet::from_spans(given.collect());
+        };
+        let n = self.device_blocks();
+        let resident = SpanSet::from_spans(
+            resident.iter().map(|r| (r.start.min(n), r.end().unwrap_or(u64::MAX).min(n))).collect(),
+        );
+        SpanSet::from_spans(given.chain(resident.gaps(0, n)).collect())
     }
 
     /// Blocks with any byte hinted hot.
@@ -90,7 +108,7 @@ impl Victims<'_> {
     pub(crate) fn choose(&self, count: u64, deadline: Instant) -> Vec<EvictRange> {
         let n = self.device_blocks();
         let mut pick = Picker::new(count.min(n), deadline);
-        let given = self.given_blocks();
+        let given = self.excluded_blocks();
 
         // Tier 1: disposable. Touching disposable spans are one span, so a
         // block is wholly disposable exactly when it lies inside one.

@@ -18,6 +18,24 @@ where
     deserializer.deserialize_seq(BoundedVec { max: MAX_RANGES, element: PhantomData })
 }
 
+/// An optional range list of at most [`MAX_RANGES`] elements.
+pub(crate) fn optional_ranges<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    /// A bounded list inside an `Option`.
+    struct Ranges<T>(Vec<T>);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ranges<T> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            ranges(deserializer).map(Ranges)
+        }
+    }
+
+    Ok(Option::<Ranges<T>>::deserialize(deserializer)?.map(|r| r.0))
+}
+
 /// A device list of at most [`MAX_DEVICES`] elements.
 pub(crate) fn devices<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where

@@ -146,6 +146,14 @@ pub struct EvictRequest {
     /// request. The agent stops looking for victims when it has spent this
     /// long and answers with what it found.
     pub deadline_ms: u32,
+    /// The device's resident blocks now, in blocks of `block_size`, sorted
+    /// and disjoint, when the host could list them in at most
+    /// [`MAX_RANGES`](super::MAX_RANGES) ranges (`None` otherwise). The
+    /// rest are unmapped or in swap already: offering them frees nothing.
+    /// Untrusted like any input: the agent only uses it to leave blocks
+    /// out. (Protocol version 2.)
+    #[serde(deserialize_with = "bounded::optional_ranges")]
+    pub resident: Option<Vec<BlockRange>>,
 }
 
 /// The agent's answer to an [`EvictRequest`]. The agent sends ranges sorted
@@ -315,7 +323,7 @@ mod tests {
         assert_eq!(
             answer_hello(&hello),
             Message::Refused {
-                reason: "the peer speaks protocol version 9, this side speaks version 1".into()
+                reason: "the peer speaks protocol version 9, this side speaks version 2".into()
             }
         );
         let ok = Hello { version: PROTOCOL_VERSION, ..hello };

@@ -54,10 +54,12 @@
 //! The decoder checks structure only. The host treats an [`EvictAnswer`] as
 //! untrusted input: [`validate_answer`] checks that it names the request,
 //! stays inside the device, overlaps nowhere and asks for no more than
-//! `count` blocks. The agent cannot see the host's block map, so an answer
-//! may name blocks that are not resident (unmapped or already swapped); the
-//! host skips those and completes the count with its own choice, as it does
-//! when the agent is absent, late or short.
+//! `count` blocks. The agent cannot see the host's block map: the request
+//! lists the resident blocks when that fits in [`MAX_RANGES`] ranges, and
+//! the agent offers only those. An answer may still name blocks that are
+//! not resident (the list was too long, or something changed); the host
+//! skips those and completes the count with its own choice, as it does when
+//! the agent is absent, late or short.
 
 mod bounded;
 mod check;
@@ -85,7 +87,7 @@ pub use range::{
 /// The protocol version this build speaks. Bumped on any incompatible
 /// change to [`Message`]; the host refuses an agent whose `Hello` carries
 /// another version.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest payload of one frame, in bytes (4 MiB).
 pub const MAX_FRAME: u32 = 4 << 20;

@@ -59,11 +59,20 @@ pub(crate) fn message() -> impl Strategy<Value = Message> {
         )),
         any::<u16>().prop_map(|version| Message::Welcome { version }),
         any::<String>().prop_map(|reason| Message::Refused { reason }),
-        (any::<u64>(), serial(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
-            |(id, serial, count, block_size, deadline_ms)| {
-                Message::EvictRequest(EvictRequest { id, serial, count, block_size, deadline_ms })
-            }
-        ),
+        (
+            (any::<u64>(), serial(), any::<u64>(), any::<u32>(), any::<u32>()),
+            proptest::option::of(vec(block_range(), 0..300))
+        )
+            .prop_map(|((id, serial, count, block_size, deadline_ms), resident)| {
+                Message::EvictRequest(EvictRequest {
+                    id,
+                    serial,
+                    count,
+                    block_size,
+                    deadline_ms,
+                    resident,
+                })
+            }),
         (any::<u64>(), serial(), evict_ranges).prop_map(|(id, serial, ranges)| {
             Message::EvictAnswer(EvictAnswer { id, serial, ranges })
         }),

@@ -201,7 +201,14 @@ mod tests {
     }
 
     fn request() -> EvictRequest {
-        EvictRequest { id: 7, serial: "vdb".into(), count: 10, block_size: 4096, deadline_ms: 50 }
+        EvictRequest {
+            id: 7,
+            serial: "vdb".into(),
+            count: 10,
+            block_size: 4096,
+            deadline_ms: 50,
+            resident: None,
+        }
     }
 
     fn answer(ranges: Vec<EvictRange>) -> EvictAnswer {

@@ -114,6 +114,7 @@ proptest! {
             given: &case.given,
             size_bytes: case.size_bytes,
             block_size,
+            resident: None,
         };
         let got = victims.choose(count, far());
         // Normalized: sorted, disjoint, merged.
@@ -128,19 +129,30 @@ proptest! {
     }
 }
 
-#[test]
-fn disposable_goes_first_as_drop_then_cold_then_the_unhinted_end() {
-    let case = build(
-        64 * 8, // 64 blocks of 4 KiB
+/// 64 blocks of 4 KiB: 10-19 disposable, 30-33 cold, 56-63 hot.
+fn three_tiers() -> Case {
+    build(
+        64 * 8,
         &[(10, 20, HintKind::Disposable), (30, 34, HintKind::Cold), (56, 64, HintKind::Hot)],
         &[],
-    );
-    let victims = Victims {
+    )
+}
+
+/// The victim search over `case` in 4 KiB blocks.
+fn victims_of<'a>(case: &'a Case, resident: Option<&'a [BlockRange]>) -> Victims<'a> {
+    Victims {
         hints: &case.hints,
         given: &case.given,
         size_bytes: case.size_bytes,
         block_size: 4096,
-    };
+        resident,
+    }
+}
+
+#[test]
+fn disposable_goes_first_as_drop_then_cold_then_the_unhinted_end() {
+    let case = three_tiers();
+    let victims = victims_of(&case, None);
     let got = victims.choose(20, far());
     assert_eq!(
         got,
@@ -165,6 +177,37 @@ fn disposable_goes_first_as_drop_then_cold_then_the_unhinted_end() {
 }
 
 #[test]
+fn only_blocks_the_host_says_are_resident_are_offered() {
+    let case = three_tiers();
+    // Resident: 0-11 (two of the disposable blocks), 32-39 (half the cold
+    // ones and some unhinted) and 60-61 (hot); the rest is unmapped or in
+    // swap. A range past the device is clipped.
+    let resident = [
+        BlockRange { start: 0, count: 12 },
+        BlockRange { start: 32, count: 8 },
+        BlockRange { start: 60, count: 2 },
+        BlockRange { start: 70, count: u64::MAX },
+    ];
+    let victims = victims_of(&case, Some(&resident));
+    let got = victims.choose(20, far());
+    assert_eq!(
+        got,
+        [
+            EvictRange { start: 0, count: 10, disposition: Disposition::Keep },
+            EvictRange { start: 10, count: 2, disposition: Disposition::Drop },
+            EvictRange { start: 32, count: 8, disposition: Disposition::Keep },
+        ]
+    );
+    // Asked for more than is resident: the resident blocks, hot last.
+    let all = victims.choose(40, far());
+    assert_eq!(blocks_of(&all).len(), 22);
+    assert_eq!(
+        all.last(),
+        Some(&EvictRange { start: 60, count: 2, disposition: Disposition::Keep })
+    );
+}
+
+#[test]
 fn hot_blocks_given_away_are_asked_back_first() {
     let case =
         build(64 * 8, &[(0, 4, HintKind::Hot), (40, 48, HintKind::Hot)], &[(42 * 8, 44 * 8)]);
@@ -173,6 +216,7 @@ fn hot_blocks_given_away_are_asked_back_first() {
         given: &case.given,
         size_bytes: case.size_bytes,
         block_size: 4096,
+        resident: None,
     };
     assert_eq!(
         victims.wanted_back(7),
@@ -191,8 +235,13 @@ fn a_passed_deadline_cuts_the_answer_short() {
         hints.set(b * 4096, (b + 1) * 4096, Some(HintKind::Cold));
     }
     let given = SpanSet::new();
-    let victims =
-        Victims { hints: &hints, given: &given, size_bytes: 20_000 * 4096, block_size: 4096 };
+    let victims = Victims {
+        hints: &hints,
+        given: &given,
+        size_bytes: 20_000 * 4096,
+        block_size: 4096,
+        resident: None,
+    };
     let got = victims.choose(10_000, Instant::now());
     assert!(total_blocks(&got) < 10_000, "{} blocks", total_blocks(&got));
 }
@@ -212,8 +261,13 @@ fn answering_65536_fragmented_blocks_takes_well_under_10_ms() {
     }
     assert_eq!(hints.len(), 131_072);
     let given = SpanSet::new();
-    let victims =
-        Victims { hints: &hints, given: &given, size_bytes: blocks * 4096, block_size: 4096 };
+    let victims = Victims {
+        hints: &hints,
+        given: &given,
+        size_bytes: blocks * 4096,
+        block_size: 4096,
+        resident: None,
+    };
     let mut best = Duration::MAX;
     for _ in 0..5 {
         let t = Instant::now();

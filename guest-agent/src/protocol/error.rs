@@ -56,7 +56,10 @@ pub enum ProtocolError {
         max: usize,
     },
     /// The peer speaks another protocol version.
-    #[error("the peer speaks protocol version {peer}, this side speaks version {ours}")]
+    #[error(
+        "the peer speaks protocol version {peer}, this side speaks version {ours}; run the \
+         pmvisor-agent built with the host's pmvisor"
+    )]
     UnsupportedVersion {
         /// The peer's version.
         peer: u16,

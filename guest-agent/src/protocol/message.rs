@@ -323,7 +323,9 @@ mod tests {
         assert_eq!(
             answer_hello(&hello),
             Message::Refused {
-                reason: "the peer speaks protocol version 9, this side speaks version 2".into()
+                reason: "the peer speaks protocol version 9, this side speaks version 2; run the \
+                         pmvisor-agent built with the host's pmvisor"
+                    .into()
             }
         );
         let ok = Hello { version: PROTOCOL_VERSION, ..hello };

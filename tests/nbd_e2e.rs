@@ -141,12 +141,7 @@ fn an_elastic_block_region_serves_real_nbd_clients_and_survives_sigkill() {
         return;
     }
     let sandbox = Sandbox::in_memory();
-    sandbox
-        .pmvisor()
-        .args(["pool", "create", "--size", "128M"])
-        .arg(sandbox.pool())
-        .assert()
-        .success();
+    sandbox.create_pool_of("128M");
     // 64 MiB seen by clients, 8 MiB of pool memory, the rest in the swap tier.
     sandbox
         .on_pool(&["region", "create", "disk", "--size", "64M", "--resident", "8M", "--swap"])
@@ -349,12 +344,7 @@ fn the_balancer_shrinks_overcommitted_regions_by_weight_when_the_pool_runs_short
         return;
     }
     let sandbox = Sandbox::in_memory();
-    sandbox
-        .pmvisor()
-        .args(["pool", "create", "--size", "40M"])
-        .arg(sandbox.pool())
-        .assert()
-        .success();
+    sandbox.create_pool_of("40M");
     // Two quotas of 24 MiB in a pool of about 38 MiB: writes take frames
     // as they come, until the pool runs short.
     for name in ["light", "heavy"] {

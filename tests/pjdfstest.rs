@@ -181,7 +181,7 @@ fn rvmfs_passes_pjdfstest_with_kernel_and_with_its_own_permission_checks() {
     let root = sandbox.path(".");
     std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let pool = sandbox.pool();
-    sandbox.pmvisor().args(["pool", "create", "--size", "128M"]).arg(&pool).assert().success();
+    sandbox.create_pool_of("128M");
     sandbox.on_pool(&["fs", "create", "pjd", "--size", "64M"]).assert().success();
     let _helper = SystemHelper::install(&sandbox);
     let (dir, _guard) = dir_in(&sandbox, "mnt");

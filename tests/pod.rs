@@ -73,12 +73,7 @@ fn sigpwr_fences_nbd_and_rvmfs_writes_and_a_restart_opens_from_the_fence() {
         return;
     }
     let sandbox = Sandbox::in_memory();
-    sandbox
-        .pmvisor()
-        .args(["pool", "create", "--size", "128M"])
-        .arg(sandbox.pool())
-        .assert()
-        .success();
+    sandbox.create_pool_of("128M");
     sandbox.on_pool(&["region", "create", "disk", "--size", "32M"]).assert().success();
     let pool = sandbox.pool();
     let mut daemon = sandbox.serve(&["--pool", pool.to_str().unwrap()]);

@@ -64,7 +64,7 @@ fn after_sigpwr_and_a_power_cut_serve_resume_vms_brings_back_the_vm_the_files_an
     let help = command_stdout(sandbox.pmvisor().args(["serve", "--help"]));
     assert!(help.contains("--resume-vms  ") && help.contains("resume every VM that outage"));
     let pool = sandbox.pool();
-    sandbox.pmvisor().args(["pool", "create", "--size", "320M"]).arg(&pool).assert().success();
+    sandbox.create_pool_of("320M");
     sandbox.on_pool(&["region", "create", "disk", "--size", "16M"]).assert().success();
     let pool_arg = ["--pool", pool.to_str().unwrap()];
     let mut daemon = sandbox.serve(&pool_arg);
@@ -206,12 +206,7 @@ fn a_vm_whose_qemu_is_dead_or_hung_at_pod_time_is_reported_and_the_pool_fences_w
         return;
     }
     let sandbox = Sandbox::in_memory();
-    sandbox
-        .pmvisor()
-        .args(["pool", "create", "--size", "192M"])
-        .arg(sandbox.pool())
-        .assert()
-        .success();
+    sandbox.create_pool_of("192M");
     let pool = sandbox.pool();
     let pool_arg = ["--pool", pool.to_str().unwrap()];
     let mut daemon = sandbox.serve(&pool_arg);
@@ -276,12 +271,7 @@ fn a_second_pod_trigger_while_fenced_changes_nothing_and_says_so() {
         return;
     }
     let sandbox = Sandbox::in_memory();
-    sandbox
-        .pmvisor()
-        .args(["pool", "create", "--size", "128M"])
-        .arg(sandbox.pool())
-        .assert()
-        .success();
+    sandbox.create_pool_of("128M");
     let pool = sandbox.pool();
     let pool_arg = ["--pool", pool.to_str().unwrap()];
     let mut daemon = sandbox.serve(&pool_arg);
@@ -336,7 +326,7 @@ fn a_vm_whose_disk_is_an_nbd_export_saves_while_the_rest_of_the_host_io_is_held(
     let _one = one_at_a_time();
     let Some((kernel, initrd, sandbox)) = guest_prerequisites() else { return };
     let pool = sandbox.pool();
-    sandbox.pmvisor().args(["pool", "create", "--size", "256M"]).arg(&pool).assert().success();
+    sandbox.create_pool_of("256M");
     let pool_arg = ["--pool", pool.to_str().unwrap()];
     let _daemon = sandbox.serve(&pool_arg);
     for region in ["vmdisk", "scratch"] {

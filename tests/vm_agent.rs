@@ -150,12 +150,7 @@ impl<'a> Host<'a> {
     /// Pool, daemon, region, NBD export and agent; panics on any failure
     /// (no VM runs yet).
     fn start(sandbox: &'a Sandbox) -> Host<'a> {
-        sandbox
-            .pmvisor()
-            .args(["pool", "create", "--size", "160M"])
-            .arg(sandbox.pool())
-            .assert()
-            .success();
+        sandbox.create_pool_of("160M");
         let daemon = sandbox.serve(&["--pool", sandbox.pool().to_str().unwrap()]);
         let size = SIZE.to_string();
         let region = ["region", "create", REGION, "--kind", "block", "--size", &size];

@@ -167,7 +167,7 @@ fn a_saved_vm_resumes_in_a_new_qemu_and_its_counter_goes_on_without_a_reboot() {
 fn after_sigpwr_and_a_kill_of_everything_the_daemon_resumes_the_vm_where_it_stopped() {
     let Some((kernel, initrd, sandbox)) = prerequisites() else { return };
     let pool = sandbox.pool();
-    sandbox.pmvisor().args(["pool", "create", "--size", "256M"]).arg(&pool).assert().success();
+    sandbox.create_pool_of("256M");
     let vmlinuz = kernel.join("vmlinuz");
     sandbox
         .on_pool(&[

@@ -84,11 +84,12 @@ impl Sandbox {
     }
 
     pub fn create_pool(&self) {
-        self.pmvisor()
-            .args(["pool", "create", "--size", "64M"])
-            .arg(self.pool())
-            .assert()
-            .success();
+        self.create_pool_of("64M");
+    }
+
+    /// Create the sandbox's pool with `size` (e.g. `128M`).
+    pub fn create_pool_of(&self, size: &str) {
+        self.pmvisor().args(["pool", "create", "--size", size]).arg(self.pool()).assert().success();
     }
 
     /// Start `pmvisor serve` with `args` and wait until it answers.

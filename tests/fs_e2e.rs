@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fuse::{dir_in, fuse_available, mount_8, wait_for, MountGuard, SystemHelper};
+use common::fuse::{dir_in, fuse_available, mount_8, umount_8, wait_for, MountGuard, SystemHelper};
 use common::{stdout_json, Sandbox};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -93,6 +93,12 @@ fn a_detached_server_and_mount_t_fuse_rvmfs_work_with_and_without_a_daemon() {
     assert!(err.contains("served by PID"), "{err}");
     let list = stdout_json(&mut sandbox.on_pool(&["fs", "list"]));
     assert_eq!(list[0]["region"], "home", "{list}");
+    // A file held open keeps the mount busy past the moment `fs umount`
+    // waits out; right after it is closed the unmount goes through.
+    let open = File::create(dir.join("open")).unwrap();
+    let err = stderr_of(&mut sandbox.on_pool(&["fs", "umount", "home"]));
+    assert!(err.contains("close what is open in it"), "{err}");
+    drop(open);
     sandbox.on_pool(&["fs", "umount", "home"]).assert().success();
     sandbox.on_pool(&["pool", "check"]).assert().success();
 
@@ -109,7 +115,7 @@ fn a_detached_server_and_mount_t_fuse_rvmfs_work_with_and_without_a_daemon() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(dir.join("x")).unwrap(), b"detached");
     std::fs::write(dir.join("y"), b"via mount(8)").unwrap();
-    let out = Command::new("umount").arg(&dir).output().unwrap();
+    let out = umount_8(&dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the server to commit and release the pool", || {
         sandbox.on_pool(&["pool", "check"]).output().unwrap().status.success()

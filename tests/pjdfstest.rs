@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::fuse::{dir_in, fuse_available, mount_8, wait_for, SystemHelper};
+use common::fuse::{dir_in, fuse_available, mount_8, umount_8, wait_for, SystemHelper};
 use common::Sandbox;
 
 const PJDFSTEST: &str = "/opt/pjdfstest/bin/pjdfstest";
@@ -200,7 +200,7 @@ fn rvmfs_passes_pjdfstest_with_kernel_and_with_its_own_permission_checks() {
         let whole = run_pjdfstest(&sandbox, &config, "", &dir, &other_fs);
         let erofs = run_pjdfstest(&sandbox, &remounts, EROFS, &dir, &other_fs);
         let took = started.elapsed();
-        let out = Command::new("umount").arg(&dir).output().unwrap();
+        let out = umount_8(&dir);
         assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
         wait_for("the server to commit and release the pool", || {
             sandbox.on_pool(&["pool", "check"]).output().unwrap().status.success()

@@ -478,6 +478,27 @@ fn data_survives_unmount_and_remount() {
 }
 
 #[test]
+fn a_filesystem_unmounted_from_outside_commits_when_its_handle_unmounts() {
+    let Some(mut m) = mounted(4096) else { return };
+    fs::write(m.path("kept"), b"written before umount(8)").unwrap();
+    // As umount(8) does; the close event can hold the file for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match rustix::mount::unmount(m.dir.path(), rustix::mount::UnmountFlags::empty()) {
+            Err(Errno::BUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => break result.expect("umount"),
+        }
+    }
+    m.handle.take().expect("mounted").unmount().expect("the handle of an unmounted filesystem");
+    let fs = RvmFs::open(Arc::clone(&m.store), options().fs_options()).expect("reopen");
+    m.handle = Some(mount(fs, m.dir.path(), &options()).expect("mount again"));
+    assert_eq!(fs::read(m.path("kept")).unwrap(), b"written before umount(8)");
+    assert!(m.fs().check().unwrap().is_clean());
+}
+
+#[test]
 fn closing_a_written_file_waits_for_its_commit_with_sync_close() {
     let options = MountOptions { sync_close: true, ..options() };
     let Some(m) = mounted_with(4096, options) else { return };

@@ -45,8 +45,18 @@ pub fn rvmfs_mounts() -> std::io::Result<Vec<MountEntry>> {
 }
 
 /// The FUSE mount at `dir` (compared after canonicalizing), if any.
+///
+/// Canonicalizing looks `dir` up, and once something is mounted there the
+/// lookup enters the mount; loops that poll a mount use [`rvmfs_on`].
 pub fn rvmfs_at(dir: &Path) -> std::io::Result<Option<MountEntry>> {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    rvmfs_on(&std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+}
+
+/// The FUSE mount at the canonical path `dir`, if any, from `mountinfo`
+/// alone. It never looks the path up: a lookup of a FUSE mount's root
+/// holds the mount until the server answers, and an `umount` in that
+/// moment fails with "target is busy".
+pub fn rvmfs_on(dir: &Path) -> std::io::Result<Option<MountEntry>> {
     Ok(rvmfs_mounts()?.into_iter().rev().find(|m| m.mountpoint == dir))
 }
 

@@ -83,3 +83,19 @@ pub fn mount_8(sandbox: &Sandbox, region: &str, dir: &Path, options: &str) -> st
     sandbox.env(&mut cmd);
     cmd.args(["-t", "fuse.rvmfs", region]).arg(dir).args(["-o", options]).output().unwrap()
 }
+
+/// umount(8) as a user runs it, tried again for up to a second while the
+/// mount is "busy": a file closed a moment ago stays open in its close
+/// event until the RvmFS server reads it (a scheduler tick or two on busy
+/// CPUs). Anything busy for longer fails.
+pub fn umount_8(dir: &Path) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let out = Command::new("umount").arg(dir).output().unwrap();
+        let busy = String::from_utf8_lossy(&out.stderr).contains("target is busy");
+        if out.status.success() || !busy || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -24,6 +24,11 @@
 //! (a socket, a device without a driver) the read reports the error, and
 //! that still counts as a close.
 //!
+//! The price: until the watcher has read an event, the event holds the
+//! closed file open, so an `umount` within that moment (a scheduler tick or
+//! two on busy CPUs) fails with "target is busy". `pmvisor fs umount` waits
+//! it out; a plain umount(8) may need a second try.
+//!
 //! fanotify needs `CAP_SYS_ADMIN`. Without it (a mount by an unprivileged
 //! user through fusermount3) the adapter keeps the round trips and a close of
 //! a written file waits for its commit, as with the `sync_close` option.
@@ -45,6 +50,14 @@ use super::RvmFs;
 
 /// How often (ms) the watcher looks at its stop flag while no event comes.
 const STOP_POLL_MS: u16 = 100;
+
+/// The watcher's nice value. A queued event holds the closed file, and with
+/// it the mount, until the watcher reads it; `umount` in that moment finds
+/// the mount busy. At the highest priority the watcher reads sooner on busy
+/// CPUs (the moment is not gone: a woken thread can wait for the next
+/// scheduler tick). It does little: read, close the event's descriptor,
+/// mark a commit point.
+const WATCHER_NICE: i32 = -20;
 
 /// The thread that turns `FAN_CLOSE_WRITE` events into commit points.
 #[derive(Debug)]
@@ -102,6 +115,10 @@ impl Drop for CloseWatch {
 }
 
 fn watch<S: PageStore + 'static>(group: &Fanotify, fs: &RvmFs<S>, stop: &AtomicBool) {
+    // On Linux the "process" priority of the caller is this thread's own.
+    if rustix::process::setpriority_process(None, WATCHER_NICE).is_err() {
+        tracing::debug!("the close watcher runs at normal priority (no CAP_SYS_NICE)");
+    }
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(group.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(STOP_POLL_MS)) {

@@ -179,9 +179,12 @@ impl<S: PageStore + 'static> MountHandle<S> {
         }
         if let Some(session) = self.session.take() {
             let unmounted = if self.direct {
-                nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| session.join())
+                match nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH) {
+                    // EINVAL: unmounted already (umount(8)); the session
+                    // ends by itself.
+                    Ok(()) | Err(nix::errno::Errno::EINVAL) => session.join(),
+                    Err(errno) => Err(errno.into()),
+                }
             } else {
                 session.umount_and_join()
             };

@@ -17,12 +17,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::route;
 use crate::cli::Settings;
 use crate::daemon::api::fs::{mount_sentence, MountView};
-use crate::fs::mountinfo::{rvmfs_at, rvmfs_mounts, MountEntry, RVMFS_TYPE};
+use crate::fs::mountinfo::{rvmfs_mounts, rvmfs_on, MountEntry, RVMFS_TYPE};
 use crate::fs::{FsMounts, ATTR_MOUNTPOINT, ATTR_OPTIONS};
 use crate::pool::{OpenMode, Pool, PoolError, RegionKind};
 
 /// How long `fs mount` waits for the server's mount to appear.
 const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
+/// How long `fs umount` tries again while the mount is busy.
+const BUSY_DEADLINE: Duration = Duration::from_secs(1);
 /// How long `fs umount` waits for the server to commit and exit.
 const EXIT_DEADLINE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
@@ -110,7 +112,7 @@ pub fn mount(
     options: &str,
 ) -> anyhow::Result<MountView> {
     let dir = directory(dir)?;
-    if let Some(existing) = rvmfs_at(&dir)? {
+    if let Some(existing) = rvmfs_on(&dir)? {
         bail!(
             "{} already has a FUSE filesystem ({}) mounted on it; unmount it first with \
              `pmvisor fs umount {}`",
@@ -156,7 +158,7 @@ pub fn mount(
     let mut server = command.spawn().context("cannot start the filesystem server")?;
     let deadline = Instant::now() + MOUNT_DEADLINE;
     loop {
-        if let Some(entry) = rvmfs_at(&dir)?.filter(|m| m.source == region) {
+        if let Some(entry) = rvmfs_on(&dir)?.filter(|m| m.source == region) {
             let mut view = view_of(&entry);
             view.options = options.to_string();
             view.pid = Some(server.id());
@@ -236,11 +238,21 @@ pub fn umount(settings: &Settings, what: &str) -> anyhow::Result<MountView> {
         _ => bail!("region {what:?} is mounted more than once; unmount it by directory"),
     };
     let view = view_of(&entry);
-    let output = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&entry.mountpoint)
-        .output()
-        .context("cannot run fusermount3; install fuse3")?;
+    let busy_until = Instant::now() + BUSY_DEADLINE;
+    let output = loop {
+        let output = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&entry.mountpoint)
+            .output()
+            .context("cannot run fusermount3; install fuse3")?;
+        // A file closed a moment ago is held by its close event until the
+        // server reads it (see rvmfs's close watcher); that passes.
+        let busy = String::from_utf8_lossy(&output.stderr).contains("busy");
+        if output.status.success() || !busy || Instant::now() > busy_until {
+            break output;
+        }
+        std::thread::sleep(POLL);
+    };
     if !output.status.success() {
         bail!(
             "cannot unmount {} ({}); close what is open in it (`fuser -m {}` lists the \
@@ -290,7 +302,7 @@ pub fn serve(settings: &Settings, region: &str, dir: &Path, options: &str) -> an
                 _ = terminate.recv() => return "SIGTERM",
                 _ = interrupt.recv() => return "SIGINT",
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                    let mounted = rvmfs_at(&info.mountpoint)
+                    let mounted = rvmfs_on(&info.mountpoint)
                         .map(|m| m.is_some_and(|m| m.source == region))
                         .unwrap_or(true);
                     if !mounted {

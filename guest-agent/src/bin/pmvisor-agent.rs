@@ -152,8 +152,18 @@ fn execute(cli: Cli) -> Result<()> {
     }
 }
 
+/// The agent's nice value. Evict requests come with deadlines, and they
+/// come when the host is short of memory, often while the guest's own
+/// work keeps its CPUs busy: a late answer is thrown away and the host
+/// chooses instead.
+const AGENT_NICE: i32 = -10;
+
 fn run(args: RunArgs) -> Result<()> {
     init_logging();
+    // Before the runtime starts, so that its threads inherit it.
+    if let Err(err) = rustix::process::setpriority_process(None, AGENT_NICE) {
+        tracing::info!("running at normal priority ({err}); answers may miss their deadlines when the guest is busy");
+    }
     let config = RunConfig {
         endpoint: args.connect.unwrap_or(Endpoint::Auto),
         hint_socket: (!args.no_hint_socket).then_some(args.hint_socket),

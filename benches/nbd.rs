@@ -8,7 +8,7 @@
 //! 4 KiB random read and write at queue depth 1 and 32, 1 MiB sequential
 //! read and write (queue depth 8). Each row runs every server in turn for
 //! `PMVISOR_BENCH_SECONDS` (default 5) seconds, `PMVISOR_BENCH_ROUNDS`
-//! (default 3) times over, and reports each server's median round, so that
+//! (default 5) times over, and reports each server's median round, so that
 //! one unlucky scheduling of a 2-CPU machine does not decide a ratio.
 //! `PMVISOR_BENCH_ONLY='QD1|sequential'` runs just the rows whose names
 //! contain one of the phrases, `PMVISOR_BENCH_SERVERS=pmvisor,nbdkit` just
@@ -62,6 +62,9 @@ struct Figure {
     mib_s: f64,
     /// Mean completion latency, microseconds.
     lat_us: f64,
+    /// fio's own CPU time (user + system), percent of one CPU: near 100
+    /// the client, not the server, sets the pace.
+    client_cpu: f64,
 }
 
 /// A peer server process, killed on drop.
@@ -116,6 +119,7 @@ fn fio(uri: &str, rw: &str, bs: &str, depth: u32, seconds: Option<u64>) -> Figur
         iops: side["iops"].as_f64().unwrap_or(0.0),
         mib_s: side["bw_bytes"].as_f64().unwrap_or(0.0) / MIB as f64,
         lat_us: side["clat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
+        client_cpu: job["usr_cpu"].as_f64().unwrap_or(0.0) + job["sys_cpu"].as_f64().unwrap_or(0.0),
     }
 }
 
@@ -211,7 +215,7 @@ fn main() {
         })
         .collect();
     let rounds: usize =
-        std::env::var("PMVISOR_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+        std::env::var("PMVISOR_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let mut results: Vec<Vec<Figure>> = Vec::new();
     for row in &rows {
         let mut runs: Vec<Vec<Figure>> = vec![Vec::new(); servers.len()];
@@ -219,8 +223,8 @@ fn main() {
             for ((name, uri), runs) in servers.iter().zip(&mut runs) {
                 let figure = fio(uri, row.rw, row.bs, row.depth, Some(seconds));
                 eprintln!(
-                    "nbd bench: {:<26} {name:<9} {:>10.0} IOPS {:>8.1} MiB/s {:>8.1} µs",
-                    row.name, figure.iops, figure.mib_s, figure.lat_us
+                    "nbd bench: {:<26} {name:<9} {:>10.0} IOPS {:>8.1} MiB/s {:>8.1} µs, fio {:.0}% CPU",
+                    row.name, figure.iops, figure.mib_s, figure.lat_us, figure.client_cpu
                 );
                 runs.push(figure);
             }
@@ -277,17 +281,20 @@ fn markdown(
          servers. pmvisor: a fully resident block region in a pool file on /dev/shm, served by \
          `NbdServer` in process (default settings: idle connections spin up to {} µs), every \
          request through the gate. Ratio: pmvisor / the best peer (above 1 is faster). \
-         Latency: mean completion latency at queue depth 1.\n",
+         Latency: mean completion latency at queue depth 1. fio CPU: the client's own \
+         CPU time (user + system) in percent of one CPU; near 100 the client, not the \
+         server, sets the pace.\n",
         fio_version(),
         pmvisor_blk::nbd::DEFAULT_SPIN.as_micros()
     );
     let _ = writeln!(
         md,
-        "| workload | unit | {} | ratio vs best peer | QD1 latency (µs) {} |",
+        "| workload | unit | {} | ratio vs best peer | QD1 latency (µs) {} | fio CPU % {} |",
         names.join(" | "),
+        names.join(" / "),
         names.join(" / ")
     );
-    let _ = writeln!(md, "|---|---|{}---|---|", "---:|".repeat(names.len()));
+    let _ = writeln!(md, "|---|---|{}---|---|---|", "---:|".repeat(names.len()));
     for (row, figures) in rows.iter().zip(results) {
         let values: Vec<f64> = figures.iter().map(|f| value(row, f)).collect();
         let best_peer = values.iter().skip(1).copied().fold(0.0, f64::max);
@@ -296,14 +303,17 @@ fn markdown(
         } else {
             "-".to_string()
         };
+        let client_cpu =
+            figures.iter().map(|f| format!("{:.0}", f.client_cpu)).collect::<Vec<_>>().join(" / ");
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.2}× | {} |",
+            "| {} | {} | {} | {:.2}× | {} | {} |",
             row.name,
             if row.bandwidth { "MiB/s" } else { "IOPS" },
             values.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" | "),
             values[0] / best_peer.max(f64::MIN_POSITIVE),
-            latency
+            latency,
+            client_cpu
         );
     }
     md

@@ -191,10 +191,15 @@ fn an_elastic_block_region_serves_real_nbd_clients_and_survives_sigkill() {
         ]
     );
 
-    // nbdcopy round trip of twice the quota: file → export → file.
+    // nbdcopy round trip of twice the quota: file → export → file. The
+    // image is 16 MiB of data then a 48 MiB hole, over an export that holds
+    // data there: nbdcopy zeroes the hole with WRITE_ZEROES requests longer
+    // than the 32 MiB most a READ or WRITE may carry.
+    qemu_io(&uri, &["write -P 0x33 8M 56M"]);
     let source = pseudo_random((16 * MIB) as usize, 0x9e37_79b9_7f4a_7c15);
     let (src, back) = (sandbox.path("src.img"), sandbox.path("back.img"));
     std::fs::write(&src, &source).unwrap();
+    std::fs::File::options().write(true).open(&src).unwrap().set_len(64 * MIB).unwrap();
     run("nbdcopy", &[src.to_str().unwrap(), &uri]);
     run("nbdcopy", &[&uri, back.to_str().unwrap()]);
     let copied = std::fs::read(&back).unwrap();

@@ -105,8 +105,9 @@ pub const MAX_OPTION_LEN: u32 = 2 * MAX_STRING_LEN as u32 + 64;
 pub const MAX_META_QUERIES: u32 = 16;
 /// Most information requests one `NBD_OPT_GO`/`INFO` may carry.
 pub const MAX_INFO_REQUESTS: u16 = 32;
-/// Advertised block size constraints; the maximum bounds READ, WRITE and
-/// WRITE_ZEROES lengths and is the largest payload ever buffered.
+/// Advertised block size constraints; the maximum bounds READ and WRITE
+/// lengths and is the largest payload ever buffered (TRIM and WRITE_ZEROES
+/// carry none and may be longer).
 pub const MIN_BLOCK: u32 = 1;
 pub const PREFERRED_BLOCK: u32 = 4096;
 pub const MAX_PAYLOAD: u32 = 32 << 20;

@@ -163,7 +163,9 @@ pub(crate) fn plan(shape: &Shape, command: Command, flags: u16, offset: u64, len
     if writes && shape.read_only {
         return reject(EPERM, "the export is read-only");
     }
-    let payload_bound = matches!(command, Command::Read | Command::Write | Command::WriteZeroes);
+    // TRIM and WRITE_ZEROES carry no payload: clients (nbdcopy, qemu) send
+    // them up to 4 GiB long, and they are applied in pieces.
+    let payload_bound = matches!(command, Command::Read | Command::Write);
     if payload_bound && len > MAX_PAYLOAD {
         return reject(EINVAL, format!("length {len} is over the {MAX_PAYLOAD}-byte maximum"));
     }
@@ -507,14 +509,14 @@ fn execute(
         }
         Op::Write { offset, fua, .. } => device.write_at(offset, payload, fua).map(|()| done()),
         Op::Flush => device.flush().map(|()| done()),
-        Op::Trim { offset, len, fua } => device
-            .trim(offset, u64::from(len))
+        Op::Trim { offset, len, fua } => in_pieces(offset, len, |at, n| device.trim(at, n))
             .and_then(|()| if fua { device.flush() } else { Ok(()) })
             .map(|()| done()),
-        Op::WriteZeroes { offset, len, may_trim, fua } => device
-            .write_zeroes(offset, u64::from(len), may_trim)
-            .and_then(|()| if fua { device.flush() } else { Ok(()) })
-            .map(|()| done()),
+        Op::WriteZeroes { offset, len, may_trim, fua } => {
+            in_pieces(offset, len, |at, n| device.write_zeroes(at, n, may_trim))
+                .and_then(|()| if fua { device.flush() } else { Ok(()) })
+                .map(|()| done())
+        }
         Op::BlockStatus { offset, len, req_one } => {
             device.block_status(offset, u64::from(len)).map(|extents| {
                 let descriptors = descriptors(&extents, len, req_one);
@@ -523,6 +525,28 @@ fn execute(
         }
     };
     result.unwrap_or_else(|e| ReplyFrame::error(handle, e.errno(), &e.to_string(), structured))
+}
+
+/// Longest piece of a TRIM or WRITE_ZEROES given to the device in one
+/// call: a POD hold of the gate, or another request, waits for one piece
+/// rather than for the whole range (up to 4 GiB).
+const EFFECT_PIECE: u64 = MAX_PAYLOAD as u64;
+
+/// Applies `offset..offset + len` through `apply` in pieces of at most
+/// [`EFFECT_PIECE`] bytes, in order, stopping at the first error.
+fn in_pieces(
+    offset: u64,
+    len: u32,
+    mut apply: impl FnMut(u64, u64) -> Result<(), DeviceError>,
+) -> Result<(), DeviceError> {
+    let end = offset + u64::from(len);
+    let mut at = offset;
+    while at < end {
+        let n = (end - at).min(EFFECT_PIECE);
+        apply(at, n)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// Turn a device's extents into `base:allocation` descriptors that never
@@ -574,7 +598,31 @@ mod tests {
     #[test]
     fn reads_over_32_mib_are_refused_before_any_allocation() {
         assert_eq!(refused(plan(&SHAPE, Command::Read, 0, 0, 1 << 30)), EINVAL);
-        assert_eq!(refused(plan(&SHAPE, Command::WriteZeroes, 0, 0, MAX_PAYLOAD + 1)), EINVAL);
+        assert_eq!(refused(plan(&SHAPE, Command::Write, 0, 0, MAX_PAYLOAD + 1)), EINVAL);
+    }
+
+    #[test]
+    fn trims_and_write_zeroes_carry_no_payload_and_may_cover_4_gib() {
+        let big = Shape { size: 1 << 33, ..SHAPE };
+        for command in [Command::Trim, Command::WriteZeroes] {
+            assert!(matches!(plan(&big, command, 0, 0, u32::MAX), Plan::Execute(_)), "{command:?}");
+        }
+        let mut pieces = Vec::new();
+        in_pieces(7, u32::MAX, |at, n| {
+            pieces.push((at, n));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pieces.len(), 128);
+        assert!(pieces.iter().all(|&(_, n)| n <= EFFECT_PIECE));
+        assert!(pieces.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0), "in order, no gaps");
+        assert_eq!(pieces.last().map(|&(at, n)| at + n), Some(7 + u64::from(u32::MAX)));
+        let mut calls = 0;
+        let failed = in_pieces(0, 3 * MAX_PAYLOAD, |_, _| {
+            calls += 1;
+            Err(DeviceError::NoSpace)
+        });
+        assert!(failed.is_err() && calls == 1, "the first error ends it");
     }
 
     #[test]

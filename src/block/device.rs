@@ -11,6 +11,9 @@ use pmvisor_blk::{
 
 use super::{io, BlockRegion, BlockState, BLOCK};
 
+/// Most bytes of zeros a `write_zeroes` that must provision writes at once.
+const ZERO_CHUNK: u64 = 1 << 20;
+
 impl BlockDevice for BlockRegion {
     fn size(&self) -> u64 {
         self.size
@@ -169,14 +172,15 @@ impl BlockDevice for BlockRegion {
     fn trim(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         check_range(offset, len, self.size)?;
         let mut st = self.lock();
+        let mut whole = Vec::new();
         for (block, within, n) in Self::pieces(offset, len) {
             if n == BLOCK {
-                self.unmap(&mut st, block)?;
+                whole.push(block);
             } else if BlockState::decode(st.map[block as usize]) != Some(BlockState::Unmapped) {
                 self.write_block(&mut st, block, within, &vec![0u8; n as usize])?;
             }
         }
-        Ok(())
+        self.unmap_blocks(&mut st, &whole)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> Result<(), DeviceError> {
@@ -184,10 +188,14 @@ impl BlockDevice for BlockRegion {
             return self.trim(offset, len);
         }
         check_range(offset, len, self.size)?;
-        let mut st = self.lock();
-        let zeros = vec![0u8; BLOCK as usize];
-        for (block, within, n) in Self::pieces(offset, len) {
-            self.write_block(&mut st, block, within, &zeros[..n as usize])?;
+        // Provisioned zeros are written as data is, a chunk at a time (with
+        // batched placement and eviction).
+        let zeros = vec![0u8; len.min(ZERO_CHUNK) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(ZERO_CHUNK);
+            self.write_at(at, &zeros[..n as usize], false)?;
+            at += n;
         }
         Ok(())
     }

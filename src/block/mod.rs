@@ -166,12 +166,29 @@ pub struct BlockRegion {
 const GROW_STEP_MIN: u64 = 256;
 const GROW_STEP_MAX: u64 = 16384;
 
+/// Most blocks evicted, copied or unmapped in one batch (64 MiB): bounds
+/// the lists of a batch and the data written before its entries are.
+const BATCH: usize = 16384;
+
 /// Most blocks one copy thread writes to swap in one go (1 MiB).
 const COPY_RUN: usize = 256;
 /// Blocks a batch needs before its copies are spread over threads.
 const PARALLEL_FROM: usize = 1024;
 /// Most threads a batch's copies use.
 const COPY_THREADS: usize = 4;
+
+/// Sorted offsets of `size`-byte units as `(offset, bytes)` runs of
+/// adjacent units.
+fn byte_runs(sorted: &[u64], size: u64) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &at in sorted {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == at => *len += size,
+            _ => runs.push((at, size)),
+        }
+    }
+    runs
+}
 
 /// Runs `copy` on every item, spread over up to [`COPY_THREADS`] threads
 /// when the batch moves at least [`PARALLEL_FROM`] blocks (one thread
@@ -410,26 +427,6 @@ impl BlockRegion {
         (st.layout.offset(page) + byte % PAGE_SIZE, page)
     }
 
-    /// Point `block` at `state`; `durable` persists the entry now.
-    fn set_entry(
-        &self,
-        st: &mut State,
-        block: u64,
-        state: BlockState,
-        durable: bool,
-    ) -> Result<(), DeviceError> {
-        let raw = state.encode();
-        st.map[block as usize] = raw;
-        let (at, page) = self.entry_offset(st, block);
-        self.media.write(at, &raw.to_le_bytes()).map_err(io)?;
-        if durable {
-            self.media.persist(at, map::ENTRY_SIZE).map_err(io)
-        } else {
-            st.dirty_map_pages.insert(page);
-            Ok(())
-        }
-    }
-
     /// A free frame, evicting the coldest block when there is none.
     fn take_frame(&self, st: &mut State) -> Result<u64, DeviceError> {
         if let Some(frame) = st.free.pop() {
@@ -532,11 +529,7 @@ impl BlockRegion {
         let mut pages = Vec::with_capacity(picked.len());
         for (&frame, &slot) in picked.iter().zip(&slots) {
             let block = st.owner[frame as usize];
-            let raw = BlockState::Swapped(slot).encode();
-            st.map[block as usize] = raw;
-            let (at, page) = self.entry_offset(st, block);
-            self.media.write(at, &raw.to_le_bytes()).map_err(io)?;
-            pages.push(st.layout.offset(page));
+            pages.push(self.write_entry(st, block, BlockState::Swapped(slot))?);
         }
         self.persist_pages(pages)?;
         for &frame in &picked {
@@ -588,32 +581,58 @@ impl BlockRegion {
         }
     }
 
-    /// Unmap `block` durably and free what it owned.
-    fn unmap(&self, st: &mut State, block: u64) -> Result<(), DeviceError> {
-        let old = BlockState::decode(st.map[block as usize]);
-        if old == Some(BlockState::Unmapped) {
-            return Ok(());
-        }
-        self.set_entry(st, block, BlockState::Unmapped, true)?;
-        match old {
-            Some(BlockState::Resident(frame)) => {
+    /// Point `block` at `state` (not yet durable); returns the medium
+    /// offset of the entry's page, for one persist of a batch's pages.
+    fn write_entry(
+        &self,
+        st: &mut State,
+        block: u64,
+        state: BlockState,
+    ) -> Result<u64, DeviceError> {
+        let raw = state.encode();
+        st.map[block as usize] = raw;
+        let (at, page) = self.entry_offset(st, block);
+        self.media.write(at, &raw.to_le_bytes()).map_err(io)?;
+        Ok(st.layout.offset(page))
+    }
+
+    /// Unmap `blocks` durably (reads return zeros) and free what they
+    /// owned, a batch at a time: the batch's entries are written and
+    /// persisted together, then its frames are freed and discarded and its
+    /// slots punched and freed, in runs (a per-block persist and punch cost
+    /// about 200 µs a block on a virtual machine).
+    fn unmap_blocks(&self, st: &mut State, blocks: &[u64]) -> Result<(), DeviceError> {
+        for batch in blocks.chunks(BATCH) {
+            let (mut pages, mut frames, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+            for &block in batch {
+                match BlockState::decode(st.map[block as usize]) {
+                    Some(BlockState::Unmapped) => continue,
+                    Some(BlockState::Resident(frame)) => frames.push(frame),
+                    Some(BlockState::Swapped(slot)) => slots.push(slot),
+                    None => {}
+                }
+                pages.push(self.write_entry(st, block, BlockState::Unmapped)?);
+            }
+            self.persist_pages(pages)?;
+            let mut freed: Vec<u64> = Vec::with_capacity(frames.len());
+            for &frame in &frames {
                 st.owner[frame as usize] = NO_BLOCK;
                 st.policy.forget(frame);
                 st.dirty_frames.remove(frame);
                 st.free.push(frame);
-                let at = self.frame_offset(st, frame);
-                let _ = self.media.discard(at, BLOCK);
+                freed.push(self.frame_offset(st, frame));
             }
-            Some(BlockState::Swapped(slot)) => {
-                if let Some(tier) = &self.swap {
-                    // Punched before it is free: once free, another region
-                    // may take it and store into it.
-                    let mut slots = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
-                    tier.store.discard_slot(slot);
-                    slots.release(slot);
-                }
+            freed.sort_unstable();
+            for (at, len) in byte_runs(&freed, BLOCK) {
+                let _ = self.media.discard(at, len);
             }
-            _ => {}
+            if let Some(tier) = self.swap.as_ref().filter(|_| !slots.is_empty()) {
+                // Punched before they are free: once free, another region
+                // may take them and store into them.
+                let mut allocator = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
+                tier.store.discard_slots(&slots);
+                slots.iter().for_each(|&slot| allocator.release(slot));
+            }
         }
         Ok(())
     }
@@ -675,14 +694,7 @@ impl BlockRegion {
         }
         offsets.sort_unstable();
         offsets.dedup();
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for offset in offsets {
-            match ranges.last_mut() {
-                Some((start, len)) if *start + *len == offset => *len += PAGE_SIZE,
-                _ => ranges.push((offset, PAGE_SIZE)),
-            }
-        }
-        self.media.flush_ranges(&ranges).map_err(io)?;
+        self.media.flush_ranges(&byte_runs(&offsets, PAGE_SIZE)).map_err(io)?;
         self.media.barrier().map_err(io)
     }
 
@@ -811,13 +823,17 @@ impl BlockRegion {
     fn release_swap(&self) {
         let Some(tier) = &self.swap else { return };
         let st = self.lock();
+        let held: Vec<u64> = st
+            .map
+            .iter()
+            .filter_map(|&entry| match BlockState::decode(entry) {
+                Some(BlockState::Swapped(slot)) => Some(slot),
+                _ => None,
+            })
+            .collect();
         let mut slots = tier.slots.lock().unwrap_or_else(|p| p.into_inner());
-        for &entry in &st.map {
-            if let Some(BlockState::Swapped(slot)) = BlockState::decode(entry) {
-                tier.store.discard_slot(slot);
-                slots.release(slot);
-            }
-        }
+        tier.store.discard_slots(&held);
+        held.iter().for_each(|&slot| slots.release(slot));
     }
 
     /// Blocks `offset..offset+len` as (block, byte within, length) pieces.

@@ -30,8 +30,8 @@ use pmvisor_blk::DeviceError;
 use serde::Serialize;
 
 use super::{
-    in_parallel, io, BlockError, BlockRegion, BlockState, State, ATTR_RESIDENT, BLOCK, COPY_RUN,
-    NO_BLOCK,
+    in_parallel, io, BlockError, BlockRegion, BlockState, State, ATTR_RESIDENT, BATCH, BLOCK,
+    COPY_RUN, NO_BLOCK,
 };
 use crate::pool::{PoolError, RegionLayout, PAGE_SIZE};
 
@@ -99,10 +99,6 @@ pub struct ResizeReport {
 fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_micros() as u64)
 }
-
-/// Most blocks evicted or copied in one batch (64 MiB): bounds the lists
-/// of a batch and the data written before its entries are.
-const BATCH: usize = 16384;
 
 impl BlockRegion {
     /// Resident blocks now, and the quota, in frames.
@@ -329,11 +325,7 @@ impl BlockRegion {
         let mut pages = Vec::with_capacity(frames.len());
         for &frame in frames {
             let block = st.owner[frame as usize];
-            let raw = BlockState::Unmapped.encode();
-            st.map[block as usize] = raw;
-            let (at, page) = self.entry_offset(st, block);
-            self.media.write(at, &raw.to_le_bytes()).map_err(io)?;
-            pages.push(st.layout.offset(page));
+            pages.push(self.write_entry(st, block, BlockState::Unmapped)?);
         }
         self.persist_pages(pages)?;
         for &frame in frames {
@@ -374,11 +366,7 @@ impl BlockRegion {
             )?;
             let mut pages = Vec::with_capacity(chunk.len());
             for &(block, _, to) in chunk {
-                let raw = BlockState::Resident(to).encode();
-                st.map[block as usize] = raw;
-                let (at, page) = self.entry_offset(st, block);
-                self.media.write(at, &raw.to_le_bytes()).map_err(io)?;
-                pages.push(st.layout.offset(page));
+                pages.push(self.write_entry(st, block, BlockState::Resident(to))?);
             }
             self.persist_pages(pages)?;
             for &(block, from, to) in chunk {

@@ -57,6 +57,11 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
     fn sync(&self) -> io::Result<()>;
     /// `slot` is free; the store may give its space back.
     fn discard_slot(&self, slot: u64);
+    /// Every slot of `slots` is free (a store may give their space back in
+    /// runs).
+    fn discard_slots(&self, slots: &[u64]) {
+        slots.iter().for_each(|&slot| self.discard_slot(slot));
+    }
 }
 
 /// Write a block read from swap into `media`: cold ([`Media::write_cold`])

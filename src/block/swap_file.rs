@@ -310,14 +310,33 @@ impl SwapStore for FileSwap {
     }
 
     fn discard_slot(&self, slot: u64) {
+        self.discard_slots(&[slot]);
+    }
+
+    /// One punch per run of adjacent slots.
+    fn discard_slots(&self, slots: &[u64]) {
+        let mut sorted = slots.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
         let mut space = self.space();
-        let inside = slot.checked_mul(PAGE_SIZE).is_some_and(|at| at < space.len);
-        if !inside || space.holes.len() >= MAX_HOLES {
-            return;
-        }
-        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-        if rustix::fs::fallocate(&self.file, flags, slot * PAGE_SIZE, PAGE_SIZE).is_ok() {
-            space.add_hole(slot, slot + 1);
+        let mut at = 0;
+        while at < sorted.len() {
+            let first = sorted[at];
+            let mut end = first + 1;
+            at += 1;
+            while at < sorted.len() && sorted[at] == end {
+                end += 1;
+                at += 1;
+            }
+            let end = end.min(space.len / PAGE_SIZE);
+            if first >= end || space.holes.len() >= MAX_HOLES {
+                continue;
+            }
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            let (offset, len) = (first * PAGE_SIZE, (end - first) * PAGE_SIZE);
+            if rustix::fs::fallocate(&self.file, flags, offset, len).is_ok() {
+                space.add_hole(first, end);
+            }
         }
     }
 }
@@ -420,6 +439,25 @@ mod tests {
             let mut buf = [0u8; 4096];
             again.read_slot(far + 1, &mut buf).unwrap();
             assert_eq!(buf, [3u8; 4096]);
+        }
+    }
+
+    #[test]
+    fn slots_discarded_together_are_punched_in_runs() {
+        for dir in dirs() {
+            let path = dir.path().join("pool.swap");
+            let swap = FileSwap::open(&path).unwrap();
+            swap.write_slots(0, &[5u8; 12 * 4096]).unwrap();
+            let allocated = std::fs::metadata(&path).unwrap().blocks();
+            swap.discard_slots(&[5, 3, 4, 9, 4, 1 << 40]);
+            let punched = allocated - std::fs::metadata(&path).unwrap().blocks();
+            assert_eq!(punched, 4 * 8, "slots 3 to 5 and 9, once each; beyond the file ignored");
+            assert_eq!(swap.space().holes, BTreeMap::from([(3, 6), (9, 10)]));
+            let mut buf = [1u8; 4096];
+            for (slot, fill) in [(2, 5u8), (3, 0), (5, 0), (6, 5), (9, 0), (10, 5)] {
+                swap.read_slot(slot, &mut buf).unwrap();
+                assert_eq!(buf, [fill; 4096], "slot {slot}");
+            }
         }
     }
 

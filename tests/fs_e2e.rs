@@ -86,13 +86,14 @@ fn a_detached_server_and_mount_t_fuse_rvmfs_work_with_and_without_a_daemon() {
     sandbox.on_pool(&["fs", "create", "home", "--size", "16M"]).assert().success();
 
     // Without a daemon: a detached server per mount.
-    sandbox.on_pool(&["fs", "mount", "home"]).arg(&dir).assert().success();
+    sandbox.on_pool(&["fs", "mount", "home"]).arg(&dir).args(["-o", "commit=2"]).assert().success();
     std::fs::write(dir.join("x"), b"detached").unwrap();
     let err = stderr_of(sandbox.on_pool(&["fs", "mount", "home"]).arg(&other));
     assert!(err.contains("region \"home\" is already mounted at"), "{err}");
     assert!(err.contains("served by PID"), "{err}");
     let list = stdout_json(&mut sandbox.on_pool(&["fs", "list"]));
     assert_eq!(list[0]["region"], "home", "{list}");
+    assert_eq!(list[0]["options"], "commit=2", "the options it was mounted with: {list}");
     // A file held open keeps the mount busy past the moment `fs umount`
     // waits out; right after it is closed the unmount goes through.
     let open = File::create(dir.join("open")).unwrap();

@@ -29,14 +29,27 @@ const BUSY_DEADLINE: Duration = Duration::from_secs(1);
 const EXIT_DEADLINE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
 
-/// The region and mount point a `pmvisor fs serve` process serves, from
-/// its command line.
-fn served_by(pid: i32) -> Option<(String, PathBuf)> {
+/// The arguments after `fs serve` of a `pmvisor fs serve` process:
+/// region, mount point, then `-o OPTIONS`.
+fn serve_args(pid: i32) -> Option<Vec<String>> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<String> =
         cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
     let at = args.windows(2).position(|w| w[0] == "fs" && w[1] == "serve")?;
-    Some((args.get(at + 2)?.clone(), PathBuf::from(args.get(at + 3)?)))
+    Some(args[at + 2..].to_vec())
+}
+
+/// The region and mount point a `pmvisor fs serve` process serves, from
+/// its command line.
+fn served_by(pid: i32) -> Option<(String, PathBuf)> {
+    let args = serve_args(pid)?;
+    Some((args.first()?.clone(), PathBuf::from(args.get(1)?)))
+}
+
+/// The options a `pmvisor fs serve` process mounted with (`-o`).
+fn served_options(pid: i32) -> Option<String> {
+    let args = serve_args(pid)?;
+    args.windows(2).find(|w| w[0] == "-o").map(|w| w[1].clone())
 }
 
 /// The PID of the `pmvisor fs serve` process serving `region` at `dir`.
@@ -198,16 +211,19 @@ fn log_file(region: &str) -> anyhow::Result<PathBuf> {
     Ok(dir.join(format!("fs-{safe}.log")))
 }
 
-/// A mount as seen in `mountinfo`, with the server's PID and its statfs.
+/// A mount as seen in `mountinfo`, with the server's PID, the options it
+/// was mounted with (as the daemon lists them; `mountinfo`'s own flags
+/// when no server is found) and its statfs.
 pub fn view_of(entry: &MountEntry) -> MountView {
     let stat = rustix::fs::statvfs(&entry.mountpoint).ok();
+    let server = find_server(&entry.source, &entry.mountpoint);
     MountView {
         region: entry.source.clone(),
         mountpoint: entry.mountpoint.clone(),
-        options: entry.options.clone(),
+        options: server.and_then(served_options).unwrap_or_else(|| entry.options.clone()),
         size: stat.as_ref().map(|s| s.f_blocks * s.f_frsize),
         used: stat.map(|s| s.f_blocks.saturating_sub(s.f_bfree) * s.f_frsize),
-        pid: find_server(&entry.source, &entry.mountpoint).and_then(|p| u32::try_from(p).ok()),
+        pid: server.and_then(|p| u32::try_from(p).ok()),
     }
 }
 

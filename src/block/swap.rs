@@ -46,12 +46,7 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
         offsets: &[u64],
         cold: bool,
     ) -> io::Result<()> {
-        let mut block = vec![0u8; PAGE_SIZE as usize];
-        for (i, &offset) in offsets.iter().enumerate() {
-            self.read_slot(first + i as u64, &mut block)?;
-            put(media, offset, &block, cold)?;
-        }
-        Ok(())
+        put_each(first, media, offsets, cold, |slot, block| self.read_slot(slot, block))
     }
     /// Make every slot written so far durable.
     fn sync(&self) -> io::Result<()>;
@@ -72,6 +67,23 @@ pub(super) fn put(media: &dyn Media, offset: u64, data: &[u8], cold: bool) -> io
     } else {
         media.write(offset, data)
     }
+}
+
+/// Reads slots `first..` one at a time with `read` and puts each into the
+/// block at its offset of `media` (see [`put`]).
+pub(super) fn put_each(
+    first: u64,
+    media: &dyn Media,
+    offsets: &[u64],
+    cold: bool,
+    mut read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut block = vec![0u8; PAGE_SIZE as usize];
+    for (i, &offset) in offsets.iter().enumerate() {
+        read(first + i as u64, &mut block)?;
+        put(media, offset, &block, cold)?;
+    }
+    Ok(())
 }
 
 /// Swap slots on a [`Media`] window (crash tests: the slots share the crash

@@ -36,7 +36,7 @@ use std::sync::{Mutex, MutexGuard};
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, SeekFrom};
 
-use super::swap::{put, SwapStore};
+use super::swap::{put, put_each, SwapStore};
 use crate::pool::{sys, Media, PAGE_SIZE};
 
 /// Address space reserved for the file: the most it can grow to.
@@ -288,12 +288,9 @@ impl SwapStore for FileSwap {
             return media.read_ranges_from(&ranges, &self.file, first * PAGE_SIZE);
         }
         if !self.mapped_readable(first, offsets.len() as u64)? {
-            let mut block = vec![0u8; PAGE_SIZE as usize];
-            for (i, &offset) in offsets.iter().enumerate() {
-                self.pread_slot(first + i as u64, &mut block)?;
-                put(media, offset, &block, cold)?;
-            }
-            return Ok(());
+            return put_each(first, media, offsets, cold, |slot, block| {
+                self.pread_slot(slot, block)
+            });
         }
         for (slot, offset, len) in runs(first, offsets) {
             // SAFETY: the slots are allocated pages of the file under the

@@ -31,7 +31,7 @@ mod swap;
 mod swap_file;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pmvisor_blk::DeviceError;
@@ -192,8 +192,12 @@ fn byte_runs(sorted: &[u64], size: u64) -> Vec<(u64, u64)> {
 
 /// Runs `copy` on every item, spread over up to [`COPY_THREADS`] threads
 /// when the batch moves at least [`PARALLEL_FROM`] blocks (one thread
-/// moves memory at a fraction of what the machine can). The first error
-/// wins; every thread has finished when this returns.
+/// moves memory at a fraction of what the machine can). The caller is one
+/// of the threads, and each takes the next item when it is done with one,
+/// so a thread that starts late (an idle virtual CPU can take milliseconds
+/// to wake) does less rather than holding up the batch. The first error
+/// wins and stops the others taking more; every thread has finished when
+/// this returns.
 fn in_parallel<T: Sync>(
     items: &[T],
     blocks: usize,
@@ -202,18 +206,26 @@ fn in_parallel<T: Sync>(
     // Asked once: the answer reads cgroup files, too slow for every fault.
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let threads = cpus.min(COPY_THREADS);
-    if threads < 2 || blocks < PARALLEL_FROM || items.len() < 2 {
+    let threads = cpus.min(COPY_THREADS).min(items.len());
+    if threads < 2 || blocks < PARALLEL_FROM {
         return items.iter().try_for_each(&copy);
     }
-    let copy = &copy;
+    let next = AtomicUsize::new(0);
+    let failed = Mutex::new(None);
+    let work = || {
+        while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+            if let Err(e) = copy(item) {
+                next.store(items.len(), Ordering::Relaxed);
+                failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            }
+        }
+    };
     std::thread::scope(|scope| {
-        let workers: Vec<_> = items
-            .chunks(items.len().div_ceil(threads))
-            .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(copy)))
-            .collect();
-        workers.into_iter().try_for_each(|w| w.join().expect("a copy thread panicked"))
-    })
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        work();
+        helpers.into_iter().for_each(|h| h.join().expect("a copy thread panicked"));
+    });
+    failed.into_inner().unwrap_or_else(|p| p.into_inner()).map_or(Ok(()), Err)
 }
 
 /// Refuse a quota that the whole pool could not hold beside the map.

@@ -651,3 +651,29 @@ fn reads_in_place_hand_out_what_buffered_reads_return() {
         Err(DeviceError::OutOfRange { .. })
     ));
 }
+
+#[test]
+fn parallel_copies_do_every_item_once_and_the_first_error_stops_the_rest() {
+    use std::sync::atomic::AtomicUsize;
+    let items: Vec<usize> = (0..500).collect();
+    let done: Vec<AtomicUsize> = items.iter().map(|_| AtomicUsize::new(0)).collect();
+    in_parallel(&items, PARALLEL_FROM, |&i| {
+        done[i].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    })
+    .unwrap();
+    assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == 1), "each item exactly once");
+
+    let tried = AtomicUsize::new(0);
+    let err = in_parallel(&items, PARALLEL_FROM, |&i| {
+        tried.fetch_add(1, Ordering::Relaxed);
+        if i == 10 {
+            return Err(std::io::Error::other("slot 10 is bad"));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(err.to_string(), "slot 10 is bad");
+    assert!(tried.load(Ordering::Relaxed) < items.len(), "stopped after the error");
+}

@@ -18,14 +18,17 @@
 //! block back, so the grow moves as much data as the shrink. Resize times
 //! are the host's work only (the agent's answer time is measured apart).
 //!
-//! Each case resizes three times on one open pool and swap tier, as a
-//! running daemon would: the first shrink and grow (the swap file is new:
-//! its pages are allocated and mapped as the shrink writes them); the same
-//! again, [`STEADY_CYCLES`] times (the steady state, the figures the targets
-//! are about: the median cycle's shrink and grow); and a
-//! shrink followed by a grow after the pool has given the freed pages back
-//! to the host (it keeps them `DISCARD_DELAY` first, so this grow pays for
-//! allocating and mapping 256 MiB of the pool file again).
+//! Each case resizes several times on one open pool and swap tier, as a
+//! running daemon would: the first shrink and grow (the swap file is new);
+//! the same again, [`STEADY_CYCLES`] times (the steady state, the median
+//! cycle's shrink and grow); and a shrink followed by a grow after the pool
+//! has given freed pages back to the host (it keeps them `DISCARD_DELAY`
+//! first). Each case runs [`ROUNDS`] times (every time reported is the
+//! median of the runs') with a warm reserve of [`WARM`] bytes
+//! (`serve --warm-reserve`: the swap file is allocated that far ahead in the
+//! background, and that much of the freed pool pages stays allocated), and
+//! as often without one, where the first shrink and the grow after the give-back pay
+//! for the host kernel allocating, zeroing and mapping 256 MiB.
 //!
 //! Writes `benches/results/vssd.md` and `vssd.svg` (hits and misses per
 //! case).
@@ -55,6 +58,9 @@ const MU: f64 = 20_000.0;
 const SIGMA: f64 = 8_192.0;
 /// Shrink and grow cycles of the steady state; the median is reported.
 const STEADY_CYCLES: usize = 5;
+/// Runs of each case (a new pool and swap file each); every time reported
+/// is the median of theirs.
+const ROUNDS: usize = 3;
 
 /// Reads before the shrink (CLOCK learns from them) and after it.
 const WARM_READS: u64 = 200_000;
@@ -87,8 +93,12 @@ struct Outcome {
     /// The first resizes: a new swap file.
     first_shrink: Duration,
     first_grow: Duration,
-    /// A grow after the pool gave the freed pages back to the host.
+    /// A grow after the pool gave the freed pages beyond the warm reserve
+    /// back to the host.
     grow_given_back: Duration,
+    /// The same two without a warm reserve (the host kernel allocates).
+    cold_first_shrink: Duration,
+    cold_grow_given_back: Duration,
     answer: Duration,
     guest_chosen: u64,
     host_chosen: u64,
@@ -202,8 +212,25 @@ fn grow(disk: &BlockRegion) -> ResizeReport {
     report
 }
 
-/// One case: three shrink and grow cycles on one pool and swap tier.
-fn run(dir: &Path, chooser: Chooser) -> Outcome {
+/// The memory kept allocated for resizes, as `serve --warm-reserve 256M`.
+const WARM: u64 = 256 * MIB;
+
+/// Wait until the swap file at `path` has `len` bytes (its warm reserve).
+fn wait_for_swap_file(path: &Path, len: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(path).map_or(0, |m| m.len()) < len {
+        assert!(Instant::now() < deadline, "the swap tier's warm reserve never came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The last step is mapped in after the file has grown (about 15 ms).
+    if len > 0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One case: shrink and grow cycles on one pool and swap tier, `warm`
+/// bytes kept allocated for resizes.
+fn run(dir: &Path, chooser: Chooser, warm: u64) -> Outcome {
     let pool_path = dir.join("bench-vssd.pool");
     let swap_path = dir.join("bench-vssd.swap");
     let _ = std::fs::remove_file(&pool_path);
@@ -213,6 +240,7 @@ fn run(dir: &Path, chooser: Chooser) -> Outcome {
             .expect("pool"),
     );
     let regions = BlockRegions::open_file_swap(Arc::clone(&pool), &swap_path).expect("regions");
+    regions.keep_warm(warm);
     let disk = regions
         .create("vssd", BlockSpec { size: SIZE, resident: SIZE, swap: true })
         .expect("region");
@@ -227,6 +255,9 @@ fn run(dir: &Path, chooser: Chooser) -> Outcome {
     let count = SHRINK / BLOCK;
     let mut rng = StdRng::seed_from_u64(11);
     let (chosen, answer) = victims(chooser, count, &disk, &mut rng);
+    // The reserve is allocated in the background from the region's
+    // creation on; a daemon has long had it ready.
+    wait_for_swap_file(&swap_path, warm);
     let first_shrink = shrink(&disk, &chosen);
     let before = disk.stats().faults;
     reader.read(&disk, READS);
@@ -263,6 +294,8 @@ fn run(dir: &Path, chooser: Chooser) -> Outcome {
         first_shrink: first_shrink.elapsed,
         first_grow: first_grow.elapsed,
         grow_given_back: grow_given_back.elapsed,
+        cold_first_shrink: Duration::ZERO,
+        cold_grow_given_back: Duration::ZERO,
         answer,
         guest_chosen: first_shrink.guest_kept + first_shrink.guest_dropped,
         host_chosen: first_shrink.host_chosen,
@@ -278,7 +311,15 @@ fn main() {
     let dir = Path::new("/dev/shm");
     let outcomes: Vec<Outcome> = [Chooser::Guest, Chooser::Random, Chooser::Clock]
         .into_iter()
-        .map(|c| run(dir, c))
+        .map(|c| {
+            let cold = median(&(0..ROUNDS).map(|_| run(dir, c, 0)).collect::<Vec<_>>());
+            let warm = median(&(0..ROUNDS).map(|_| run(dir, c, WARM)).collect::<Vec<_>>());
+            Outcome {
+                cold_first_shrink: cold.first_shrink,
+                cold_grow_given_back: cold.grow_given_back,
+                ..warm
+            }
+        })
         .collect();
     let table = markdown(&outcomes);
     print!("{table}");
@@ -287,6 +328,32 @@ fn main() {
     std::fs::write(out.join("vssd.md"), table).unwrap();
     std::fs::write(out.join("vssd.svg"), svg(&outcomes)).unwrap();
     eprintln!("vssd bench: wrote benches/results/vssd.md and vssd.svg");
+}
+
+/// `runs` of one case, each time the median of the runs' (the counts are
+/// the same in every run: the reads and victims are seeded).
+fn median(runs: &[Outcome]) -> Outcome {
+    let mid = |time: fn(&Outcome) -> Duration| {
+        let mut times: Vec<Duration> = runs.iter().map(time).collect();
+        times.sort_unstable();
+        times[times.len() / 2]
+    };
+    let first = &runs[0];
+    Outcome {
+        chooser: first.chooser,
+        faults: first.faults,
+        shrink: mid(|o| o.shrink),
+        grow: mid(|o| o.grow),
+        first_shrink: mid(|o| o.first_shrink),
+        first_grow: mid(|o| o.first_grow),
+        grow_given_back: mid(|o| o.grow_given_back),
+        cold_first_shrink: mid(|o| o.cold_first_shrink),
+        cold_grow_given_back: mid(|o| o.cold_grow_given_back),
+        answer: mid(|o| o.answer),
+        guest_chosen: first.guest_chosen,
+        host_chosen: first.host_chosen,
+        brought_back: first.brought_back,
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -303,26 +370,32 @@ fn markdown(outcomes: &[Outcome]) -> String {
          1 GiB block region, fully resident, pool and swap on /dev/shm; Gaussian reader \
          (mu = {MU}, sigma = {SIGMA}, 4 KiB blocks); {WARM_READS} reads, shrink by 256 MiB, \
          then {READS} reads; grow back by 256 MiB bringing every swapped block back. Resize \
-         times are the host's work only. Shrink and grow: the median of {STEADY_CYCLES} cycles after \
-         the first on the same pool and swap tier (the steady state of a running daemon); first: the first cycle, with a new \
-         swap file; grow, pages given back: a grow after the pool gave the freed pages back to \
-         the host (it keeps them {} s first).\n",
-        pmvisor::pool::DISCARD_DELAY.as_secs()
+         times are the host's work only, each the median of {ROUNDS} runs. Shrink and grow: the \
+         median of {STEADY_CYCLES} cycles after \
+         the first on the same pool and swap tier (the steady state of a running daemon); \
+         first: the first cycle, with a new swap file; grow, pages given back: a grow after the \
+         pool gave the freed pages back to the host (it keeps them {} s first). With a warm \
+         reserve of {} MiB (`serve --warm-reserve`), the swap file is allocated that far ahead in \
+         the background and that much of the freed pool pages is never given back; without \
+         one, the host kernel allocates, zeroes and maps every new page during the resize.\n",
+        pmvisor::pool::DISCARD_DELAY.as_secs(),
+        WARM / MIB
     )
     .unwrap();
     writeln!(
         s,
         "| victims | chosen by guest / host | faults in {READS} reads | hit rate | shrink (ms) | \
          grow (ms) | grow / shrink | first shrink, new swap file (ms) | first grow (ms) | \
-         grow, pages given back (ms) | brought back | agent answer (ms) |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         grow, pages given back (ms) | first shrink, no reserve (ms) | grow, pages given back, \
+         no reserve (ms) | brought back | agent answer (ms) |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     .unwrap();
     for o in outcomes {
         writeln!(
             s,
-            "| {} | {} / {} | {} | {:.2}% | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {} | \
-             {:.2} |",
+            "| {} | {} / {} | {} | {:.2}% | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} \
+             | {:.1} | {} | {:.2} |",
             o.chooser.label(),
             o.guest_chosen,
             o.host_chosen,
@@ -334,6 +407,8 @@ fn markdown(outcomes: &[Outcome]) -> String {
             ms(o.first_shrink),
             ms(o.first_grow),
             ms(o.grow_given_back),
+            ms(o.cold_first_shrink),
+            ms(o.cold_grow_given_back),
             o.brought_back,
             ms(o.answer),
         )

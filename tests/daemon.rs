@@ -271,6 +271,38 @@ fn a_second_daemon_on_the_same_pool_names_the_first_ones_pid() {
 }
 
 #[test]
+fn the_daemon_keeps_its_warm_reserve_of_swap_space_allocated_once_a_region_swaps() {
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = Sandbox::new();
+    sandbox.create_pool();
+    let pool = sandbox.pool();
+    let swap = sandbox.path("test.pool.swap");
+    let allocated = || std::fs::metadata(&swap).map_or((0, 0), |m| (m.len(), m.blocks() * 512));
+    sandbox
+        .on_pool(&["serve", "--warm-reserve", "lots"])
+        .assert()
+        .code(2)
+        .stderr(contains("invalid value 'lots' for '--warm-reserve <SIZE>'"));
+    let daemon = sandbox.serve_with(&["--pool", pool.to_str().unwrap()], &["--warm-reserve", "6M"]);
+    assert!(daemon.log_text().contains("warm_reserve=6.0 MiB"), "{}", daemon.log_text());
+    sandbox.on_pool(&["region", "create", "plain", "--size", "8M"]).assert().success();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(allocated().0, 0, "no swap space before a region swaps");
+    sandbox
+        .on_pool(&["region", "create", "d", "--size", "16M", "--resident", "1M", "--swap"])
+        .assert()
+        .success();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while allocated().0 < 6 << 20 {
+        assert!(std::time::Instant::now() < deadline, "no swap space ready: {:?}", allocated());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (len, blocks) = allocated();
+    assert_eq!(len, 6 << 20, "as much as asked");
+    assert!(blocks >= len, "allocated, not sparse: {blocks} of {len}");
+}
+
+#[test]
 fn a_live_socket_is_refused_and_a_stale_one_replaced() {
     let sandbox = Sandbox::new();
     sandbox.create_pool();

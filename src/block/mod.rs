@@ -396,6 +396,11 @@ impl BlockRegion {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether blocks beyond the quota go to a swap tier.
+    pub fn has_swap(&self) -> bool {
+        self.swap.is_some()
+    }
+
     /// Counters and occupancy.
     pub fn stats(&self) -> BlockStats {
         let st = self.lock();

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{BlockError, BlockRegion, BlockSpec, FileSwap, SwapTier};
@@ -14,6 +15,8 @@ pub struct BlockRegions {
     pool: Arc<Pool>,
     swap: Arc<SwapTier>,
     regions: Mutex<BTreeMap<String, Arc<BlockRegion>>>,
+    /// Bytes kept allocated for resizes ([`BlockRegions::keep_warm`]).
+    warm: AtomicU64,
 }
 
 /// The swap file a pool uses unless told otherwise: beside the pool, or,
@@ -48,7 +51,21 @@ impl BlockRegions {
             let region = BlockRegion::open(pool.clone(), &info.name, tier)?;
             regions.insert(info.name, Arc::new(region));
         }
-        Ok(BlockRegions { pool, swap, regions: Mutex::new(regions) })
+        Ok(BlockRegions { pool, swap, regions: Mutex::new(regions), warm: AtomicU64::new(0) })
+    }
+
+    /// Keep `bytes` allocated for resizes, in the pool and in the swap
+    /// tier, so that shrinking or growing a region by up to that much does
+    /// not wait for the host kernel to allocate pages (what a daemon does;
+    /// a short-lived command leaves it at 0): freed pool pages up to it stay
+    /// allocated ([`Pool::keep_freed`]), and once a region has a swap tier,
+    /// the swap file keeps that much free space allocated ahead of use.
+    pub fn keep_warm(&self, bytes: u64) {
+        self.warm.store(bytes, Ordering::Relaxed);
+        self.pool.keep_freed(bytes);
+        if self.lock().values().any(|region| region.has_swap()) {
+            self.swap.store.keep_ready(bytes);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<BlockRegion>>> {
@@ -62,6 +79,10 @@ impl BlockRegions {
         let tier = spec.swap.then(|| self.swap.clone());
         let region = Arc::new(BlockRegion::open(self.pool.clone(), name, tier)?);
         regions.insert(name.to_string(), region.clone());
+        let warm = self.warm.load(Ordering::Relaxed);
+        if spec.swap && warm > 0 {
+            self.swap.store.keep_ready(warm);
+        }
         Ok(region)
     }
 

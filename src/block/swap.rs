@@ -57,6 +57,10 @@ pub trait SwapStore: Send + Sync + std::fmt::Debug {
     fn discard_slots(&self, slots: &[u64]) {
         slots.iter().for_each(|&slot| self.discard_slot(slot));
     }
+    /// Keep about `bytes` of free space ready for stores, past the slots in
+    /// use, so that an eviction does not wait for space to be allocated
+    /// (a hint; a store with nothing to prepare ignores it).
+    fn keep_ready(&self, _bytes: u64) {}
 }
 
 /// Write a block read from swap into `media`: cold ([`Media::write_cold`])

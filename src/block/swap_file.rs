@@ -31,7 +31,10 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, SeekFrom};
@@ -43,6 +46,11 @@ use crate::pool::{sys, Media, PAGE_SIZE};
 pub const RESERVE: u64 = 4 << 40;
 /// The smallest step the file grows by.
 const GROW_STEP: u64 = 64 << 20;
+/// The warmer grows the file only once no store has come for this long, so
+/// that it never competes with a shrink for the CPU and the file...
+const QUIET: Duration = Duration::from_millis(100);
+/// ... and at its nice value: after the guests' I/O.
+const WARM_NICE: i32 = 19;
 /// `statfs` type of tmpfs.
 const TMPFS_MAGIC: rustix::fs::FsWord = 0x0102_1994;
 
@@ -53,12 +61,32 @@ const MAX_HOLES: usize = 1 << 20;
 /// A swap file, mapped. See the module documentation.
 #[derive(Debug)]
 pub struct FileSwap {
+    inner: Arc<Inner>,
+    /// The thread that keeps free space allocated ([`FileSwap::keep_ready`]).
+    warmer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The file and its mapping, shared with the warming thread.
+#[derive(Debug)]
+struct Inner {
     path: PathBuf,
     file: File,
     map: MmapRaw,
     space: Mutex<Space>,
     /// The file is on a disk: slots move with `pwritev`/`preadv`.
     on_disk: bool,
+    /// Held while the file grows, by a store or by the warmer, so that two
+    /// growths never overlap (lock order: this, then `space`).
+    growing: Mutex<()>,
+    /// Bytes of free space to keep allocated past the highest slot stored.
+    ready: AtomicU64,
+    /// Wakes the warmer; `true` tells it to stop.
+    warm: Mutex<bool>,
+    warm_changed: Condvar,
+    /// When slots were last prepared for a store, in nanoseconds since
+    /// `opened`: the warmer waits for [`QUIET`] after it.
+    opened: Instant,
+    last_store: AtomicU64,
 }
 
 /// What of the file the mapping may touch.
@@ -68,6 +96,8 @@ struct Space {
     len: u64,
     /// Runs of slots that are holes, `start -> end` (exclusive), merged.
     holes: BTreeMap<u64, u64>,
+    /// End in bytes of the highest slot stored since the file was opened.
+    high: u64,
 }
 
 impl Space {
@@ -136,23 +166,135 @@ impl FileSwap {
         }
         let map = MmapOptions::new().len(RESERVE as usize).map_raw(&file)?;
         // Whole slots only (a file cut short by a crash while it grew).
-        let mut space = Space { len: len / PAGE_SIZE * PAGE_SIZE, holes: BTreeMap::new() };
+        let mut space = Space { len: len / PAGE_SIZE * PAGE_SIZE, ..Default::default() };
         find_holes(&file, &mut space)?;
         let on_disk = rustix::fs::fstatfs(&file).is_ok_and(|fs| fs.f_type != TMPFS_MAGIC);
-        Ok(FileSwap { path: path.to_path_buf(), file, map, space: Mutex::new(space), on_disk })
+        let inner = Inner {
+            path: path.to_path_buf(),
+            file,
+            map,
+            space: Mutex::new(space),
+            on_disk,
+            growing: Mutex::new(()),
+            ready: AtomicU64::new(0),
+            warm: Mutex::new(false),
+            warm_changed: Condvar::new(),
+            opened: Instant::now(),
+            last_store: AtomicU64::new(0),
+        };
+        Ok(FileSwap { inner: Arc::new(inner), warmer: Mutex::new(None) })
     }
 
     /// Where the swap file is.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
+}
 
+impl Drop for FileSwap {
+    fn drop(&mut self) {
+        *self.inner.warm.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.inner.warm_changed.notify_all();
+        if let Some(warmer) = self.warmer.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = warmer.join();
+        }
+    }
+}
+
+impl Inner {
     fn space(&self) -> MutexGuard<'_, Space> {
         self.space.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn base(&self) -> *mut u8 {
         self.map.as_mut_ptr()
+    }
+
+    /// Bytes the file should have: past the highest slot stored, the
+    /// ready space (whole slots).
+    fn wanted_len(&self, space: &Space) -> u64 {
+        let ready = self.ready.load(Ordering::Relaxed);
+        if ready == 0 {
+            return 0;
+        }
+        space.high.saturating_add(ready).next_multiple_of(PAGE_SIZE).min(RESERVE)
+    }
+
+    fn wake_warmer(&self) {
+        // Taken so that the warmer cannot miss the wake-up between its
+        // check and its wait.
+        drop(self.warm.lock().unwrap_or_else(|p| p.into_inner()));
+        self.warm_changed.notify_all();
+    }
+
+    /// The warming thread: grow the file a step at a time whenever it is
+    /// shorter than [`Inner::wanted_len`] and stores have been [`QUIET`],
+    /// until the `FileSwap` is dropped.
+    fn warm_until_stopped(&self) {
+        let _ = rustix::process::setpriority_process(None, WARM_NICE);
+        let mut stop = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if *stop {
+                return;
+            }
+            let short = {
+                let space = self.space();
+                self.wanted_len(&space) > space.len
+            };
+            if !short {
+                stop = self.warm_changed.wait(stop).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let last = Duration::from_nanos(self.last_store.load(Ordering::Relaxed));
+            let since = self.opened.elapsed().saturating_sub(last);
+            if since < QUIET {
+                stop = self
+                    .warm_changed
+                    .wait_timeout(stop, QUIET - since)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            drop(stop);
+            if let Err(err) = self.warm_step() {
+                tracing::warn!(
+                    "cannot keep swap space ready in {} ({err}); evictions will allocate it",
+                    self.path.display()
+                );
+                let stopped = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+                // Try again later, or at the next growth by a store.
+                stop = self
+                    .warm_changed
+                    .wait_timeout(stopped, Duration::from_secs(10))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            stop = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Grow the file by one step towards [`Inner::wanted_len`]: allocate the
+    /// pages, map them in (tmpfs), then let stores use them.
+    fn warm_step(&self) -> io::Result<()> {
+        let _growing = self.growing.lock().unwrap_or_else(|p| p.into_inner());
+        let (len, wanted) = {
+            let space = self.space();
+            (space.len, self.wanted_len(&space))
+        };
+        if wanted <= len {
+            return Ok(());
+        }
+        let end = wanted.min(len + GROW_STEP);
+        rustix::fs::fallocate(&self.file, FallocateFlags::empty(), len, end - len)?;
+        if !self.on_disk {
+            // SAFETY: `len..end` lies inside the reserved mapping, and the
+            // pages are allocated now; nothing stores there yet.
+            unsafe { sys::populate_write(self.base(), len, end - len) };
+        }
+        let mut space = self.space();
+        space.len = space.len.max(end);
+        Ok(())
     }
 
     /// Make slots `first..first + count` safe to store into: grow the file
@@ -168,7 +310,15 @@ impl FileSwap {
                     format!("the swap tier is full ({} TiB)", RESERVE >> 40),
                 )
             })?;
+        let now = self.opened.elapsed().as_nanos() as u64;
+        self.last_store.store(now, Ordering::Relaxed);
         let mut space = self.space();
+        let mut _growing = None;
+        if end > space.len {
+            drop(space);
+            _growing = Some(self.growing.lock().unwrap_or_else(|p| p.into_inner()));
+            space = self.space();
+        }
         if end > space.len {
             let new_len = end.max(space.len + GROW_STEP.max(space.len / 8)).min(RESERVE);
             rustix::fs::fallocate(
@@ -190,6 +340,11 @@ impl FileSwap {
                 space.add_hole(s, e);
                 return Err(err.into());
             }
+        }
+        space.high = space.high.max(end);
+        if self.wanted_len(&space) > space.len {
+            drop(space);
+            self.wake_warmer();
         }
         Ok(())
     }
@@ -226,23 +381,23 @@ impl SwapStore for FileSwap {
 
     fn write_slots(&self, first: u64, data: &[u8]) -> io::Result<()> {
         let count = (data.len() as u64).div_ceil(PAGE_SIZE);
-        self.prepare(first, count)?;
-        if self.on_disk {
-            return self.file.write_all_at(data, first * PAGE_SIZE);
+        self.inner.prepare(first, count)?;
+        if self.inner.on_disk {
+            return self.inner.file.write_all_at(data, first * PAGE_SIZE);
         }
         // SAFETY: the slots are allocated pages of the file under the live
         // mapping (`prepare`), and only this block's mover touches them
         // (module documentation).
-        unsafe { sys::copy_in_streaming(self.base(), first * PAGE_SIZE, data) };
+        unsafe { sys::copy_in_streaming(self.inner.base(), first * PAGE_SIZE, data) };
         Ok(())
     }
 
     fn write_slots_from(&self, first: u64, media: &dyn Media, offsets: &[u64]) -> io::Result<()> {
-        self.prepare(first, offsets.len() as u64)?;
-        if self.on_disk {
+        self.inner.prepare(first, offsets.len() as u64)?;
+        if self.inner.on_disk {
             let ranges: Vec<(u64, u64)> =
                 runs(first, offsets).map(|(_, at, len)| (at, len)).collect();
-            return media.write_ranges_to(&ranges, &self.file, first * PAGE_SIZE);
+            return media.write_ranges_to(&ranges, &self.inner.file, first * PAGE_SIZE);
         }
         let mut block = Vec::new();
         for (slot, offset, len) in runs(first, offsets) {
@@ -258,19 +413,19 @@ impl SwapStore for FileSwap {
             };
             // SAFETY: the slots are allocated pages of the file under the
             // live mapping (`prepare`) that only this eviction touches.
-            unsafe { sys::copy_in_streaming(self.base(), slot * PAGE_SIZE, data) };
+            unsafe { sys::copy_in_streaming(self.inner.base(), slot * PAGE_SIZE, data) };
         }
         Ok(())
     }
 
     fn read_slot(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {
         let buf = &mut buf[..PAGE_SIZE as usize];
-        if self.on_disk || !self.mapped_readable(slot, 1)? {
-            return self.pread_slot(slot, buf);
+        if self.inner.on_disk || !self.inner.mapped_readable(slot, 1)? {
+            return self.inner.pread_slot(slot, buf);
         }
         // SAFETY: the slot is an allocated page of the file under the live
         // mapping; nothing stores into it while its block is read.
-        unsafe { sys::copy_out(self.base(), slot * PAGE_SIZE, buf) };
+        unsafe { sys::copy_out(self.inner.base(), slot * PAGE_SIZE, buf) };
         Ok(())
     }
 
@@ -281,29 +436,53 @@ impl SwapStore for FileSwap {
         offsets: &[u64],
         cold: bool,
     ) -> io::Result<()> {
-        if self.on_disk {
+        if self.inner.on_disk {
             // Bytes past the end of the file and in holes read as zeros.
             let ranges: Vec<(u64, u64)> =
                 runs(first, offsets).map(|(_, at, len)| (at, len)).collect();
-            return media.read_ranges_from(&ranges, &self.file, first * PAGE_SIZE);
+            return media.read_ranges_from(&ranges, &self.inner.file, first * PAGE_SIZE);
         }
-        if !self.mapped_readable(first, offsets.len() as u64)? {
+        if !self.inner.mapped_readable(first, offsets.len() as u64)? {
             return put_each(first, media, offsets, cold, |slot, block| {
-                self.pread_slot(slot, block)
+                self.inner.pread_slot(slot, block)
             });
         }
         for (slot, offset, len) in runs(first, offsets) {
             // SAFETY: the slots are allocated pages of the file under the
             // live mapping (checked above); nothing stores into them while
             // their blocks are faulted in.
-            let data = unsafe { sys::bytes_at(self.base(), slot * PAGE_SIZE, len) };
+            let data = unsafe { sys::bytes_at(self.inner.base(), slot * PAGE_SIZE, len) };
             put(media, offset, data, cold)?;
         }
         Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.inner.file.sync_data()
+    }
+
+    /// Keep `bytes` of the file allocated (and, on tmpfs, mapped) past the
+    /// highest slot stored, growing it in the background: a shrink then
+    /// stores into pages the file already has instead of waiting for the
+    /// kernel to allocate, zero and map each one (on tmpfs, 256 MiB of new
+    /// slots cost about 100 ms beside a 25 ms copy). A Linux swap file is
+    /// allocated whole for the same reason. Slots punched out by a discard
+    /// are not counted and not refilled: they are space given back.
+    fn keep_ready(&self, bytes: u64) {
+        self.inner.ready.store(bytes, Ordering::Relaxed);
+        let mut warmer = self.warmer.lock().unwrap_or_else(|p| p.into_inner());
+        if warmer.is_none() && bytes > 0 {
+            let inner = Arc::clone(&self.inner);
+            let spawned = std::thread::Builder::new()
+                .name("swap-warm".into())
+                .spawn(move || inner.warm_until_stopped());
+            match spawned {
+                Ok(handle) => *warmer = Some(handle),
+                Err(err) => tracing::warn!("no thread to keep swap space ready ({err})"),
+            }
+        }
+        drop(warmer);
+        self.inner.wake_warmer();
     }
 
     fn discard_slot(&self, slot: u64) {
@@ -315,7 +494,7 @@ impl SwapStore for FileSwap {
         let mut sorted = slots.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        let mut space = self.space();
+        let mut space = self.inner.space();
         let mut at = 0;
         while at < sorted.len() {
             let first = sorted[at];
@@ -331,7 +510,7 @@ impl SwapStore for FileSwap {
             }
             let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
             let (offset, len) = (first * PAGE_SIZE, (end - first) * PAGE_SIZE);
-            if rustix::fs::fallocate(&self.file, flags, offset, len).is_ok() {
+            if rustix::fs::fallocate(&self.inner.file, flags, offset, len).is_ok() {
                 space.add_hole(first, end);
             }
         }
@@ -440,6 +619,44 @@ mod tests {
     }
 
     #[test]
+    fn ready_space_is_allocated_ahead_of_the_highest_slot_in_the_background() {
+        for dir in dirs() {
+            let path = dir.path().join("pool.swap");
+            let swap = FileSwap::open(&path).unwrap();
+            let allocated = || {
+                let meta = std::fs::metadata(&path).unwrap();
+                (meta.len(), meta.blocks() * 512)
+            };
+            let wait_for = |len: u64| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while allocated().0 < len {
+                    assert!(std::time::Instant::now() < deadline, "still {:?}", allocated());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            };
+            assert_eq!(allocated().0, 0, "nothing ahead until asked");
+            swap.keep_ready(2 * GROW_STEP);
+            wait_for(2 * GROW_STEP);
+            let (len, blocks) = allocated();
+            assert!(blocks >= len, "allocated, not sparse: {blocks} of {len}");
+            // Stores past half of it: the file grows ahead again, and the
+            // slots keep their data.
+            let far = (GROW_STEP + GROW_STEP / 2) / PAGE_SIZE;
+            swap.write_slots(far, &[9u8; 8192]).unwrap();
+            let wanted = (far + 2) * PAGE_SIZE + 2 * GROW_STEP;
+            wait_for(wanted);
+            let mut buf = [0u8; 4096];
+            swap.read_slot(far + 1, &mut buf).unwrap();
+            assert_eq!(buf, [9u8; 4096]);
+            // Not further than asked.
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(allocated().0, wanted);
+            // Dropping the store stops the thread (the drop joins it).
+            drop(swap);
+        }
+    }
+
+    #[test]
     fn slots_discarded_together_are_punched_in_runs() {
         for dir in dirs() {
             let path = dir.path().join("pool.swap");
@@ -449,7 +666,7 @@ mod tests {
             swap.discard_slots(&[5, 3, 4, 9, 4, 1 << 40]);
             let punched = allocated - std::fs::metadata(&path).unwrap().blocks();
             assert_eq!(punched, 4 * 8, "slots 3 to 5 and 9, once each; beyond the file ignored");
-            assert_eq!(swap.space().holes, BTreeMap::from([(3, 6), (9, 10)]));
+            assert_eq!(swap.inner.space().holes, BTreeMap::from([(3, 6), (9, 10)]));
             let mut buf = [1u8; 4096];
             for (slot, fill) in [(2, 5u8), (3, 0), (5, 0), (6, 5), (9, 0), (10, 5)] {
                 swap.read_slot(slot, &mut buf).unwrap();
@@ -489,7 +706,7 @@ mod tests {
             rustix::fs::fallocate(&file, punch, 2 * 4096, 3 * 4096).unwrap();
             let swap = FileSwap::open(&path).unwrap();
             assert_eq!(
-                swap.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(),
+                swap.inner.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(),
                 [(2, 5)]
             );
             let mut buf = [1u8; 4096];
@@ -497,7 +714,7 @@ mod tests {
             assert_eq!(buf, [0u8; 4096]);
             swap.write_slots(4, &[4u8; 8192]).unwrap();
             assert_eq!(
-                swap.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(),
+                swap.inner.space().holes.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(),
                 [(2, 4)]
             );
             swap.read_slot(5, &mut buf).unwrap();

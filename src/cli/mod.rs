@@ -88,6 +88,14 @@ pub enum Command {
         /// for `vm resume`
         #[arg(long = "resume-vms")]
         resume_vms: bool,
+        /// Memory kept allocated for resizing block regions (e.g. 256M; 0
+        /// gives every freed page back): freed pool pages up to it stay
+        /// allocated, and the swap tier keeps that much free space
+        /// allocated ahead of use, so that a shrink or grow of up to this
+        /// size never waits for the host kernel [default: 1/16 of the
+        /// pool, at most 256M]
+        #[arg(long = "warm-reserve", value_name = "SIZE", value_parser = pool::parse_size_arg)]
+        warm_reserve: Option<u64>,
     },
     /// The power-outage sequence (POD): trigger, cancel, status
     #[command(subcommand)]
@@ -183,6 +191,9 @@ impl Settings {
     }
 }
 
+/// Most of the pool `serve` keeps allocated for resizes by default.
+const DEFAULT_WARM_RESERVE: u64 = 256 << 20;
+
 /// An empty `--pool ""` or `PMVISOR_POOL=` means "not given".
 fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
     path.clone().filter(|p| !p.as_os_str().is_empty())
@@ -192,9 +203,10 @@ fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&cli)?;
     match cli.command {
-        Command::Serve { pod_source, pod_budget, nbd_spin, resume_vms } => {
+        Command::Serve { pod_source, pod_budget, nbd_spin, resume_vms, warm_reserve } => {
             init_logging(&settings, "info")?;
-            serve(&settings, pod_source, pod_budget, nbd_spin, resume_vms)?;
+            let options = ServeFlags { pod_source, pod_budget, nbd_spin, resume_vms, warm_reserve };
+            serve(&settings, options)?;
         }
         Command::Pod(command) => {
             init_logging(&settings, "warn")?;
@@ -227,14 +239,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(
-    settings: &Settings,
-    pod_sources: Vec<crate::pod::PodSource>,
+/// The flags of `serve`.
+struct ServeFlags {
+    pod_source: Vec<crate::pod::PodSource>,
     pod_budget: std::time::Duration,
     nbd_spin: std::time::Duration,
     resume_vms: bool,
-) -> anyhow::Result<()> {
+    warm_reserve: Option<u64>,
+}
+
+fn serve(settings: &Settings, flags: ServeFlags) -> anyhow::Result<()> {
+    let ServeFlags { pod_source: pod_sources, pod_budget, nbd_spin, resume_vms, warm_reserve } =
+        flags;
     let pool = route::open_pool_to_serve(settings)?;
+    let warm_reserve = warm_reserve.unwrap_or_else(|| {
+        let data = pool.info().data_pages * crate::pool::PAGE_SIZE;
+        (data / 16).min(DEFAULT_WARM_RESERVE)
+    });
     let pool_path = std::fs::canonicalize(settings.pool.path()).with_context(|| {
         format!("cannot resolve the pool path {}", settings.pool.path().display())
     })?;
@@ -246,6 +267,7 @@ fn serve(
         pod_budget,
         nbd_spin,
         resume_vms,
+        warm_reserve,
     };
     crate::daemon::serve(pool, options)
 }

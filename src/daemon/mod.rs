@@ -73,6 +73,8 @@ pub struct ServeOptions {
     pub nbd_spin: Duration,
     /// After a power outage, resume the VMs it saved.
     pub resume_vms: bool,
+    /// Bytes kept allocated for resizes (`BlockRegions::keep_warm`).
+    pub warm_reserve: u64,
 }
 
 /// Serve the control API and the exports of `pool` until SIGTERM or SIGINT.
@@ -86,8 +88,16 @@ pub fn serve(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
 }
 
 async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
-    let ServeOptions { pool_path, socket, swap, pod_sources, pod_budget, nbd_spin, resume_vms } =
-        options;
+    let ServeOptions {
+        pool_path,
+        socket,
+        swap,
+        pod_sources,
+        pod_budget,
+        nbd_spin,
+        resume_vms,
+        warm_reserve,
+    } = options;
     // Handlers first, so a signal right after the socket appears is handled.
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -110,6 +120,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(bound.listener.try_clone()?)
         .context("cannot hand the socket to the runtime")?;
 
+    blocks.keep_warm(warm_reserve);
     let blocks = Arc::new(blocks);
     let mounts = Arc::new(FsMounts::new(Arc::clone(&pool)));
     let metrics = Metrics::new();
@@ -176,6 +187,7 @@ async fn run(pool: Pool, options: ServeOptions) -> anyhow::Result<()> {
         pool = %pool_path.display(),
         socket = %socket.display(),
         pid = std::process::id(),
+        warm_reserve = %crate::cli::size::format_size(warm_reserve),
         "pmvisor daemon serving"
     );
 

@@ -38,6 +38,17 @@ struct Queue {
     /// Discard everything now ([`Discards::settle`]).
     hurry: bool,
     stop: bool,
+    /// Pages of the queue never discarded while the pool is open, the
+    /// youngest kept ([`Discards::keep`]).
+    keep: u64,
+}
+
+impl Queue {
+    /// Queued pages beyond the ones kept (all of them once stopping).
+    fn excess(&self) -> u64 {
+        let queued: u64 = self.pending.iter().map(|(e, _)| e.count).sum();
+        queued.saturating_sub(if self.stop { 0 } else { self.keep })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +112,15 @@ impl Discards {
         }
     }
 
+    /// Keep up to `pages` freed pages allocated however long they stay
+    /// free (the youngest ones; older ones beyond it are discarded after
+    /// the delay as before): a grow then takes pages the medium still has
+    /// allocated and mapped. They are all given back when the pool closes.
+    pub(super) fn keep(&self, pages: u64) {
+        self.shared.lock().keep = pages;
+        self.shared.changed.notify_all();
+    }
+
     /// `extents` are being given to a new owner: take them out of the
     /// queue, and wait while any of them is being discarded. Returns the
     /// parts that were still queued: never discarded, so still allocated.
@@ -126,13 +146,13 @@ impl Discards {
         reclaimed
     }
 
-    /// Discard every queued range now, without waiting out the delay, and
-    /// return once they are all discarded.
+    /// Discard every queued range now (but the pages kept), without
+    /// waiting out the delay, and return once they are discarded.
     pub(super) fn settle(&self) {
         let mut queue = self.shared.lock();
         queue.hurry = true;
         self.shared.changed.notify_all();
-        while !queue.pending.is_empty() || !queue.busy.is_empty() {
+        while queue.excess() > 0 || !queue.busy.is_empty() {
             if self.worker.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
                 break;
             }
@@ -153,8 +173,9 @@ impl Drop for Discards {
 }
 
 /// The thread: discard each range once it has been queued for `delay`
-/// (everything at once when hurried or told to stop),
-/// until told to stop and the queue is empty.
+/// (everything at once when hurried or told to stop), oldest first, but
+/// never the youngest `keep` pages, until told to stop and the queue is
+/// empty.
 fn run(media: &dyn Media, shared: &Shared, delay: Duration) {
     loop {
         let batch = {
@@ -162,13 +183,22 @@ fn run(media: &dyn Media, shared: &Shared, delay: Duration) {
             loop {
                 let now = Instant::now();
                 let due = |freed: Instant| queue.hurry || queue.stop || now >= freed + delay;
-                if queue.pending.iter().any(|&(_, freed)| due(freed)) {
+                let excess = queue.excess();
+                if excess > 0 && queue.pending.iter().any(|&(_, freed)| due(freed)) {
                     break;
                 }
-                if queue.stop {
+                if queue.stop && queue.pending.is_empty() {
                     return;
                 }
-                queue = match queue.pending.iter().map(|&(_, freed)| freed).min() {
+                // Wait for the oldest range still to come due, or for a
+                // change when the rest is kept.
+                let next = queue
+                    .pending
+                    .iter()
+                    .map(|&(_, freed)| freed)
+                    .filter(|&freed| excess > 0 && !due(freed))
+                    .min();
+                queue = match next {
                     Some(oldest) => {
                         let wait = (oldest + delay).saturating_duration_since(now);
                         shared
@@ -182,11 +212,26 @@ fn run(media: &dyn Media, shared: &Shared, delay: Duration) {
             }
             let now = Instant::now();
             let (hurry, stop) = (queue.hurry, queue.stop);
-            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut queue.pending)
-                .into_iter()
-                .partition(|&(_, freed)| hurry || stop || now >= freed + delay);
-            queue.pending = later;
-            let batch: Vec<Extent> = due.into_iter().map(|(e, _)| e).collect();
+            let mut excess = queue.excess();
+            let mut batch = Vec::new();
+            let mut left = Vec::with_capacity(queue.pending.len());
+            // Oldest first: the pages freed longest ago go back first.
+            for (e, freed) in std::mem::take(&mut queue.pending) {
+                let due = hurry || stop || now >= freed + delay;
+                if !due || excess == 0 {
+                    left.push((e, freed));
+                    continue;
+                }
+                // The whole range, or its top part (the lower pages stay,
+                // where an allocation looks first).
+                let n = e.count.min(excess);
+                excess -= n;
+                batch.push(Extent { start: e.start + e.count - n, count: n });
+                if n < e.count {
+                    left.push((Extent { start: e.start, count: e.count - n }, freed));
+                }
+            }
+            queue.pending = left;
             queue.busy.clone_from(&batch);
             batch
         };
@@ -285,6 +330,29 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_keeps_freed_pages_allocated_up_to_its_keep() {
+        use std::os::unix::fs::MetadataExt;
+
+        use crate::pool::{CreateOptions, Pool, RegionKind};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.pool");
+        let pool =
+            Pool::create(&path, &CreateOptions { size: 64 << 20, ..Default::default() }).unwrap();
+        let allocated = || std::fs::metadata(&path).unwrap().blocks() * 512;
+        pool.keep_freed(6 << 20);
+        let a = pool.create_region("a", RegionKind::Fs, 16 << 20).unwrap();
+        pool.media().write(a.extents[0].start * PAGE_SIZE, &vec![7u8; 16 << 20]).unwrap();
+        let full = allocated();
+        pool.delete_region("a").unwrap();
+        pool.settle_discards();
+        let kept = allocated();
+        assert!(kept + (11 << 20) >= full && kept + (9 << 20) <= full, "{full} then {kept}");
+        pool.keep_freed(0);
+        pool.settle_discards();
+        assert!(allocated() + (15 << 20) <= full, "{} then {}", full, allocated());
+    }
+
+    #[test]
     fn a_freed_range_is_discarded_only_once_it_has_been_free_for_the_delay() {
         let media: Arc<dyn Media> = Arc::new(CrashMedia::new(1 << 20, TearGranularity::Nvram));
         let discards = Discards::with_delay(media, Duration::from_millis(1000));
@@ -298,6 +366,28 @@ mod tests {
         assert_eq!(pending(&discards), vec![e(16, 8)], "the older one went first");
         // Taken again before its time: never discarded, and said so.
         assert_eq!(discards.claim(&[e(16, 4)]), vec![e(16, 4)]);
+        discards.settle();
+        assert!(pending(&discards).is_empty());
+    }
+
+    #[test]
+    fn the_youngest_kept_pages_are_never_discarded_until_the_keep_falls() {
+        let media: Arc<dyn Media> = Arc::new(CrashMedia::new(1 << 20, TearGranularity::Nvram));
+        let discards = Discards::with_delay(media, Duration::from_millis(50));
+        let pending =
+            |d: &Discards| d.shared.lock().pending.iter().map(|p| p.0).collect::<Vec<_>>();
+        discards.keep(12);
+        discards.push(&[e(0, 8)]);
+        std::thread::sleep(Duration::from_millis(5));
+        discards.push(&[e(16, 8)]);
+        std::thread::sleep(Duration::from_millis(200));
+        // 16 queued, 12 kept: the oldest range gives its top 4 pages.
+        assert_eq!(pending(&discards), vec![e(0, 4), e(16, 8)]);
+        discards.settle();
+        assert_eq!(pending(&discards), vec![e(0, 4), e(16, 8)], "settling keeps them too");
+        // Kept pages are still claimed like any queued ones.
+        assert_eq!(discards.claim(&[e(0, 2)]), vec![e(0, 2)]);
+        discards.keep(0);
         discards.settle();
         assert!(pending(&discards).is_empty());
     }

@@ -60,7 +60,7 @@ const SIGMA: f64 = 8_192.0;
 const STEADY_CYCLES: usize = 5;
 /// Runs of each case (a new pool and swap file each); every time reported
 /// is the median of theirs.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// Reads before the shrink (CLOCK learns from them) and after it.
 const WARM_READS: u64 = 200_000;

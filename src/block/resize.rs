@@ -357,10 +357,8 @@ impl BlockRegion {
                 .map(|&(_, from, to)| (self.frame_offset(st, from), self.frame_offset(st, to)))
                 .collect();
             let pieces: Vec<&[(u64, u64)]> = copies.chunks(COPY_RUN).collect();
-            in_parallel(&pieces, copies.len(), |piece| {
-                piece.iter().try_for_each(|&(from, to)| self.media.copy(from, to, BLOCK))
-            })
-            .map_err(io)?;
+            in_parallel(&pieces, copies.len(), |piece| self.media.copy_many(piece, BLOCK))
+                .map_err(io)?;
             self.persist_pages(
                 chunk.iter().map(|&(_, _, to)| self.frame_offset(st, to)).collect(),
             )?;

@@ -413,8 +413,9 @@ impl SwapStore for FileSwap {
             };
             // SAFETY: the slots are allocated pages of the file under the
             // live mapping (`prepare`) that only this eviction touches.
-            unsafe { sys::copy_in_streaming(self.inner.base(), slot * PAGE_SIZE, data) };
+            unsafe { sys::copy_in_streaming_unfenced(self.inner.base(), slot * PAGE_SIZE, data) };
         }
+        sys::store_fence();
         Ok(())
     }
 

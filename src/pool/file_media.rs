@@ -403,14 +403,22 @@ impl Media for MappedMedia {
     }
 
     fn copy(&self, from: u64, to: u64, len: u64) -> io::Result<()> {
+        self.copy_many(&[(from, to)], len)
+    }
+
+    fn copy_many(&self, moves: &[(u64, u64)], len: u64) -> io::Result<()> {
         self.check_writable()?;
-        check_bounds(self.len, from, len)?;
-        check_bounds(self.len, to, len)?;
-        check_disjoint(from, to, len)?;
-        // SAFETY: both ranges are inside the live, writable mapping and do
-        // not overlap (checked above).
-        unsafe { sys::copy_within(self.base, from, to, len) };
-        self.dirty.mark(to, len);
+        for &(from, to) in moves {
+            check_bounds(self.len, from, len)?;
+            check_bounds(self.len, to, len)?;
+            check_disjoint(from, to, len)?;
+        }
+        // SAFETY: every range is inside the live, writable mapping, and the
+        // two of each pair do not overlap (checked above).
+        unsafe { sys::copy_within(self.base, moves, len) };
+        for &(_, to) in moves {
+            self.dirty.mark(to, len);
+        }
         Ok(())
     }
 
@@ -538,5 +546,32 @@ mod tests {
         let overlap = mapped.copy(0, 4096, 8192).unwrap_err();
         assert!(overlap.to_string().contains("overlap"), "{overlap}");
         assert!(mapped.copy(65536 - 100, 0, 200).is_err());
+    }
+
+    #[test]
+    fn many_copies_land_like_one_at_a_time_and_are_refused_before_any_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapped = MappedMedia::create_file(&dir.path().join("m"), 1 << 20).unwrap();
+        let window =
+            crate::pool::MediaWindow::new(std::sync::Arc::new(mapped), 65536, 512 << 10).unwrap();
+        let data = pattern(4 * 4096);
+        window.write(0, &data).unwrap();
+        // Blocks 0..4 to scattered places, in reverse order.
+        let moves = [(0, 40960), (4096, 20480), (8192, 61440), (12288, 32768)];
+        window.copy_many(&moves, 4096).unwrap();
+        for (i, &(_, to)) in moves.iter().enumerate() {
+            let mut back = vec![0u8; 4096];
+            window.read(to, &mut back).unwrap();
+            assert_eq!(back, data[i * 4096..(i + 1) * 4096], "block {i}");
+        }
+        // One bad pair (past the window's end, or overlapping) and nothing
+        // is copied.
+        for bad in [(0, 512 << 10), (4096, 6144)] {
+            window.write(100_000, &[0u8; 4096]).unwrap();
+            assert!(window.copy_many(&[(0, 100_000), bad], 4096).is_err(), "{bad:?}");
+            let mut back = vec![1u8; 4096];
+            window.read(100_000, &mut back).unwrap();
+            assert!(back.iter().all(|&b| b == 0), "{bad:?}: a copy was made");
+        }
     }
 }

@@ -167,6 +167,12 @@ pub trait Media: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// [`Media::copy`] for each `(from, to)` of `moves`, in order: a mapped
+    /// medium fences its streaming stores once for all of them.
+    fn copy_many(&self, moves: &[(u64, u64)], len: u64) -> io::Result<()> {
+        moves.iter().try_for_each(|&(from, to)| self.copy(from, to, len))
+    }
+
     /// Write the byte ranges `(offset, len)` of the medium, one after the
     /// other, to `file` at byte `at`. A mapped medium hands the kernel its
     /// own memory (one `pwritev` per 1,024 ranges, no copy through a

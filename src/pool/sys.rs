@@ -181,14 +181,31 @@ pub(crate) unsafe fn copy_in_streaming(base: *mut u8, offset: u64, data: &[u8]) 
     unsafe { copy_streaming(base.add(offset as usize), data.as_ptr(), data.len()) }
 }
 
-/// Copy `len` bytes at `base + from` to `base + to`, streaming
-/// ([`copy_streaming`]).
+/// [`copy_in_streaming`] without the closing store fence, for one copy of
+/// many: the caller calls [`store_fence`] once after the last (a fence per
+/// 4 KiB block waits for every write-combining buffer each time).
 ///
 /// # Safety
-/// Both ranges must lie inside a live writable mapping and not overlap.
-pub(crate) unsafe fn copy_within(base: *mut u8, from: u64, to: u64, len: u64) {
-    // SAFETY: by the caller's contract.
-    unsafe { copy_streaming(base.add(to as usize), base.add(from as usize), len as usize) }
+/// As for [`copy_in`].
+pub(crate) unsafe fn copy_in_streaming_unfenced(base: *mut u8, offset: u64, data: &[u8]) {
+    // SAFETY: in bounds of a live writable mapping by the caller's contract.
+    unsafe { copy_streaming_unfenced(base.add(offset as usize), data.as_ptr(), data.len()) }
+}
+
+/// Copy `len` bytes at `base + from` to `base + to` for each pair of
+/// `moves`, in order, streaming ([`copy_streaming`]), then fence once.
+///
+/// # Safety
+/// Every range must lie inside a live writable mapping, and the two ranges
+/// of each pair must not overlap.
+pub(crate) unsafe fn copy_within(base: *mut u8, moves: &[(u64, u64)], len: u64) {
+    for &(from, to) in moves {
+        // SAFETY: by the caller's contract.
+        unsafe {
+            copy_streaming_unfenced(base.add(to as usize), base.add(from as usize), len as usize)
+        }
+    }
+    store_fence();
 }
 
 /// Copy whole blocks into a mapping with non-temporal stores, for data
@@ -206,9 +223,19 @@ pub(crate) unsafe fn copy_within(base: *mut u8, from: u64, to: u64, len: u64) {
 /// # Safety
 /// `src..src + len` readable, `dst..dst + len` writable, not overlapping.
 unsafe fn copy_streaming(dst: *mut u8, src: *const u8, len: usize) {
+    // SAFETY: by the caller's contract.
+    unsafe { copy_streaming_unfenced(dst, src, len) };
+    store_fence();
+}
+
+/// [`copy_streaming`] but for the fence, which the caller owes.
+///
+/// # Safety
+/// As for [`copy_streaming`].
+unsafe fn copy_streaming_unfenced(dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     if len >= 4096 && len % 64 == 0 && dst as usize % 16 == 0 {
-        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
         let (mut s, mut d) = (src.cast::<__m128i>(), dst.cast::<__m128i>());
         // SAFETY: SSE2 is part of x86-64; `d` is 16-byte aligned and every
         // access is inside the ranges, by the caller's contract.
@@ -222,7 +249,6 @@ unsafe fn copy_streaming(dst: *mut u8, src: *const u8, len: usize) {
                 _mm_stream_si128(d.add(3), e);
                 (s, d) = (s.add(4), d.add(4));
             }
-            _mm_sfence();
         }
         return;
     }

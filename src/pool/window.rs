@@ -106,6 +106,18 @@ impl Media for MediaWindow {
         self.inner.copy(self.base + from, self.base + to, len)
     }
 
+    fn copy_many(&self, moves: &[(u64, u64)], len: u64) -> io::Result<()> {
+        let inner: Vec<(u64, u64)> = moves
+            .iter()
+            .map(|&(from, to)| {
+                check_bounds(self.len, from, len)?;
+                check_bounds(self.len, to, len)?;
+                Ok((self.base + from, self.base + to))
+            })
+            .collect::<io::Result<_>>()?;
+        self.inner.copy_many(&inner, len)
+    }
+
     fn write_ranges_to(&self, ranges: &[(u64, u64)], file: &File, at: u64) -> io::Result<()> {
         self.inner.write_ranges_to(&self.inner_ranges(ranges)?, file, at)
     }

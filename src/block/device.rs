@@ -22,23 +22,28 @@ impl BlockDevice for BlockRegion {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         check_range(offset, buf.len() as u64, self.size)?;
         let mut st = self.lock();
-        if !buf.is_empty() {
-            let first = offset / BLOCK;
-            let last = (offset + buf.len() as u64 - 1) / BLOCK;
-            self.fault_in_range(&mut st, first, last - first + 1)?;
-        }
+        // A request the quota cannot hold at once is read in parts, each
+        // faulted in as one batch and copied out before the next evicts it.
+        let part = Self::fault_part(&st) * BLOCK;
         let mut done = 0usize;
-        for (block, within, n) in Self::pieces(offset, buf.len() as u64) {
-            let piece = &mut buf[done..done + n as usize];
-            // Resident now, unless the quota is smaller than this request
-            // and faulting a later block evicted it: then it faults alone.
-            match self.resident_frame(&mut st, block)? {
-                Some(frame) => {
-                    self.media.read(self.frame_offset(&st, frame) + within, piece).map_err(io)?
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let len = (part - at % part).min((buf.len() - done) as u64);
+            let (first, last) = (at / BLOCK, (at + len - 1) / BLOCK);
+            self.fault_in_range(&mut st, first, last - first + 1)?;
+            for (block, within, n) in Self::pieces(at, len) {
+                let piece = &mut buf[done..done + n as usize];
+                // Resident now, unless faulting the others evicted it (a
+                // quota of a block or two): then it faults alone.
+                match self.resident_frame(&mut st, block)? {
+                    Some(frame) => self
+                        .media
+                        .read(self.frame_offset(&st, frame) + within, piece)
+                        .map_err(io)?,
+                    None => piece.fill(0),
                 }
-                None => piece.fill(0),
+                done += n as usize;
             }
-            done += n as usize;
         }
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -55,6 +60,11 @@ impl BlockDevice for BlockRegion {
         if len > 0 {
             let first = offset / BLOCK;
             let last = (offset + len - 1) / BLOCK;
+            if last - first + 1 > Self::fault_part(&st) {
+                // More than the quota holds at once: `read_at` reads it in
+                // parts.
+                return Ok(false);
+            }
             self.fault_in_range(&mut st, first, last - first + 1)?;
         }
         // Byte ranges of the medium (merged where frames are adjacent), or

@@ -768,6 +768,12 @@ impl BlockRegion {
         self.fault_in_blocks(st, &swapped, true)
     }
 
+    /// Most blocks one read faults in and keeps resident at once: what
+    /// [`BlockRegion::fault_in_blocks`] brings back in one batch.
+    fn fault_part(st: &State) -> u64 {
+        (st.quota / 2).max(1)
+    }
+
     /// Bring the swapped `(block, slot)`s back into frames, in batches.
     /// `accessed`: a read asked for them, as opposed to a grow bringing
     /// back hinted blocks; only an access counts as a fault and sets the
@@ -786,7 +792,7 @@ impl BlockRegion {
             DeviceError::Io(std::io::Error::other("a swapped block without a swap tier"))
         })?;
         // Never more at once than the quota can hold beside the others.
-        let batch = (st.quota as usize / 2).max(1);
+        let batch = Self::fault_part(st) as usize;
         for chunk in swapped.chunks(batch) {
             let mut placed: Vec<(u64, u64, Option<u64>)> = Vec::with_capacity(chunk.len());
             for &(block, slot) in chunk {

@@ -653,6 +653,30 @@ fn reads_in_place_hand_out_what_buffered_reads_return() {
 }
 
 #[test]
+fn a_read_larger_than_the_quota_faults_each_block_once_in_parts() {
+    let (_, regions) =
+        region(fresh(), Some(BlockSpec { size: 48 * BLOCK, resident: 8 * BLOCK, swap: true }));
+    let disk = regions.get("disk").unwrap();
+    let model: Vec<u8> = (0..48).flat_map(|b| pattern(b, 1)).collect();
+    disk.write_at(0, &model, false).unwrap();
+    assert_eq!(disk.stats().swapped_blocks, 40);
+    // Too big to serve in place (it would not stay resident): refused.
+    assert_eq!(read_in_place(&disk, 0, 48 * BLOCK), None);
+    let before = disk.stats().faults;
+    let mut all = vec![0u8; model.len()];
+    disk.read_at(0, &mut all).unwrap();
+    assert_eq!(all, model);
+    // Each block came back at most once (the 8 resident at first are
+    // evicted by the earlier parts); a read used to fault the whole request
+    // in, evicting its first blocks, then fault those again one by one.
+    assert!(disk.stats().faults - before <= 48, "{:?}", disk.stats());
+    // Unaligned, too.
+    let mut part = vec![0u8; 30_000];
+    disk.read_at(5_000, &mut part).unwrap();
+    assert_eq!(part, model[5_000..35_000]);
+}
+
+#[test]
 fn parallel_copies_do_every_item_once_and_the_first_error_stops_the_rest() {
     use std::sync::atomic::AtomicUsize;
     let items: Vec<usize> = (0..500).collect();

@@ -217,6 +217,9 @@ fn an_elastic_block_region_serves_real_nbd_clients_and_survives_sigkill() {
     assert!(after["resident_blocks"].as_u64().unwrap() <= 2048, "{after}");
     assert!(after["swapped_blocks"].as_u64().unwrap() > 0, "{after}");
     assert!(after["mrr"].as_f64().unwrap() < 0.5, "{after}");
+    // The faults of the last seconds show as a rate.
+    let rate = stats(&sandbox, "disk")["faults_per_second"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate <= after["faults"].as_f64().unwrap(), "{rate} faults/s: {after}");
 
     // Flush, SIGKILL, restart: the export is served again and data is intact.
     qemu_io(&uri, &["write -P 0x5a 60M 1M", "flush"]);

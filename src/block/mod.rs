@@ -25,6 +25,7 @@ mod clock;
 mod device;
 mod dirty;
 mod map;
+mod rate;
 mod registry;
 mod resize;
 mod swap;
@@ -119,6 +120,8 @@ pub struct BlockStats {
     pub reads: u64,
     pub writes: u64,
     pub faults: u64,
+    /// Faults per second over the last 10 s (the current second so far included).
+    pub faults_per_second: f64,
     pub evictions: u64,
     /// Memory residence ratio: resident / (resident + swapped).
     pub mrr: f64,
@@ -160,6 +163,8 @@ pub struct BlockRegion {
     swap: Option<Arc<SwapTier>>,
     state: Mutex<State>,
     counters: Counters,
+    /// Faults per second, for `region stats`.
+    fault_rate: Mutex<rate::RateWindow>,
 }
 
 /// Fewest and most frames a region takes from the pool at once.
@@ -384,6 +389,7 @@ impl BlockRegion {
                 dirty_map_pages: BTreeSet::new(),
             }),
             counters: Counters::default(),
+            fault_rate: Mutex::new(rate::RateWindow::new(std::time::Instant::now())),
         })
     }
 
@@ -394,6 +400,13 @@ impl BlockRegion {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count `n` blocks faulted in from swap by reads.
+    fn count_faults(&self, n: u64) {
+        self.counters.faults.fetch_add(n, Ordering::Relaxed);
+        let mut rate = self.fault_rate.lock().unwrap_or_else(|p| p.into_inner());
+        rate.count(n, std::time::Instant::now());
     }
 
     /// Whether blocks beyond the quota go to a swap tier.
@@ -419,6 +432,11 @@ impl BlockRegion {
             reads: self.counters.reads.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
             faults: self.counters.faults.load(Ordering::Relaxed),
+            faults_per_second: self
+                .fault_rate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .per_second(std::time::Instant::now()),
             evictions: self.counters.evictions.load(Ordering::Relaxed),
             mrr: if resident + swapped == 0 {
                 1.0
@@ -591,7 +609,7 @@ impl BlockRegion {
                 let mut data = vec![0u8; BLOCK as usize];
                 tier.store.read_slot(slot, &mut data).map_err(io)?;
                 let frame = self.install(st, block, &data, Some(slot))?;
-                self.counters.faults.fetch_add(1, Ordering::Relaxed);
+                self.count_faults(1);
                 Ok(Some(frame))
             }
             None => Err(DeviceError::Io(std::io::Error::other("corrupt block map entry"))),
@@ -827,7 +845,7 @@ impl BlockRegion {
             }
             self.commit_placements(st, &placed, true)?;
             if accessed {
-                self.counters.faults.fetch_add(placed.len() as u64, Ordering::Relaxed);
+                self.count_faults(placed.len() as u64);
             } else {
                 placed.iter().for_each(|&(_, frame, _)| st.policy.forget(frame));
             }

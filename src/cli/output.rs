@@ -136,7 +136,10 @@ pub fn block_stats_table(name: &str, stats: &BlockStatsView) -> Table {
         ("MRR", format!("{:.3}", stats.mrr)),
         ("reads", stats.reads.to_string()),
         ("writes", stats.writes.to_string()),
-        ("faults", stats.faults.to_string()),
+        (
+            "faults",
+            format!("{} ({:.1}/s over the last 10 s)", stats.faults, stats.faults_per_second),
+        ),
         ("evictions", stats.evictions.to_string()),
         ("swap", if stats.swap { "on" } else { "off" }.to_string()),
     ]);

@@ -100,6 +100,9 @@ pub struct BlockStatsView {
     pub writes: u64,
     /// Blocks faulted back in from the swap tier.
     pub faults: u64,
+    /// Faults per second over the last 10 s (the current second so far included).
+    #[serde(default)]
+    pub faults_per_second: f64,
     /// Blocks evicted to the swap tier.
     pub evictions: u64,
     /// Whether the region may use the swap tier.
@@ -257,6 +260,7 @@ impl From<BlockStats> for BlockStatsView {
             reads: stats.reads,
             writes: stats.writes,
             faults: stats.faults,
+            faults_per_second: stats.faults_per_second,
             evictions: stats.evictions,
             swap: stats.swap,
             evictions_by_chooser: None,

@@ -392,13 +392,19 @@ fn markdown(outcomes: &[Outcome]) -> String {
     )
     .unwrap();
     for o in outcomes {
+        // Random victims go to the region the way an agent's answer does;
+        // the host drew them.
+        let (guest, host) = match o.chooser {
+            Chooser::Random => (0, o.guest_chosen + o.host_chosen),
+            _ => (o.guest_chosen, o.host_chosen),
+        };
         writeln!(
             s,
             "| {} | {} / {} | {} | {:.2}% | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} \
              | {:.1} | {} | {:.2} |",
             o.chooser.label(),
-            o.guest_chosen,
-            o.host_chosen,
+            guest,
+            host,
             o.faults,
             100.0 * (READS - o.faults) as f64 / READS as f64,
             ms(o.shrink),

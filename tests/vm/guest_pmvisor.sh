@@ -32,6 +32,29 @@ pmv_start() {
   done
 }
 
+# wait_gone PID SECONDS: wait until PID has exited, at most SECONDS; on a
+# timeout print what the daemon logged and where the stuck tasks wait.
+wait_gone() {
+  i=0
+  while kill -0 "$1" 2>/dev/null; do
+    i=$((i + 1))
+    [ $i -lt $(($2 * 10)) ] || { echo "process $1 still there after $2 s"; pmv_dump; return 1; }
+    sleep 0.1
+  done
+  wait "$1" 2>/dev/null
+  return 0
+}
+
+# pmv_dump: the end of the daemon's log and the kernel stacks of tasks
+# stuck in uninterruptible sleep, for a step that hangs.
+pmv_dump() {
+  echo "--- serve log: $(tail -n 8 $PMV_LOG | tr '\n' '|')"
+  for t in /proc/[0-9]*; do
+    [ "$(awk '/^State:/ {print $2}' $t/status 2>/dev/null)" = D ] || continue
+    echo "--- D: $(cat $t/comm) $(tr '\n' '<' <$t/stack 2>/dev/null)"
+  done
+}
+
 # pmv_stop: SIGTERM the daemon; it must exit 0.
 pmv_stop() {
   kill -TERM $PMV_PID
@@ -95,7 +118,7 @@ step_pmv_ext4() {
 step_pmv_recovery() {
   old_dev=$PMV_DEV old_pid=$PMV_PID
   kill -9 $PMV_PID
-  wait $PMV_PID 2>/dev/null
+  wait_gone $PMV_PID 30 || return 1
   # An fsync'd write issued while no daemon runs must wait for the next one.
   rm -f $PMV_DIR/writer.rc
   (dd if=$PMV_DIR/pattern of=/mnt/after bs=1M conv=fsync 2>$PMV_DIR/writer.err
@@ -105,7 +128,7 @@ step_pmv_recovery() {
   [ ! -e $PMV_DIR/writer.rc ] || { echo "the write finished with no daemon: rc $(cat $PMV_DIR/writer.rc)"; return 1; }
   t0=$(cut -d' ' -f1 /proc/uptime)
   pmv_start || return 1
-  wait $writer
+  wait_gone $writer 60 || { echo "the pending write never completed"; return 1; }
   t1=$(cut -d' ' -f1 /proc/uptime)
   [ "$(cat $PMV_DIR/writer.rc)" = 0 ] || { echo "writer failed: $(cat $PMV_DIR/writer.err)"; return 1; }
   grep -q 'recovering the ublk device a previous daemon left' $PMV_LOG ||
@@ -211,7 +234,7 @@ step_pmv_restart() {
   dd if="$PMV_DEV" of=$PMV_DIR/readback bs=1M skip=48 count=8 iflag=direct 2>/dev/null || return 1
   same $PMV_DIR/pattern $PMV_DIR/readback || return 1
   kill -9 $PMV_PID
-  wait $PMV_PID 2>/dev/null
+  wait_gone $PMV_PID 30 || return 1
   [ -e /sys/block/$(basename "$PMV_DEV") ] || { echo "$PMV_DEV vanished with its daemon"; return 1; }
   $PMV export remove d >/dev/null || return 1
   [ -z "$(ls /sys/class/ublk-char)" ] || { echo "offline export remove left $(ls /sys/class/ublk-char)"; return 1; }

@@ -20,9 +20,8 @@
 //! With [`SwapStore::keep_ready`] (the daemon's warm reserve) a thread keeps
 //! that much of the file allocated and mapped past the highest slot stored,
 //! growing it a step at a time at nice 19 once stores have paused for
-//! [`QUIET`]; both it and a store that must grow the file take `growing`,
-//! so growths never overlap, and stores only touch the file below `len`,
-//! which moves once a step is allocated and mapped.
+//! [`QUIET`], without holding any lock a store needs; stores only touch
+//! the file below `len`, which moves once a step is allocated and mapped.
 //!
 //! That is for a file in memory (tmpfs). On a disk file system the page
 //! cache's per-page work is small beside the disk, while stores through a
@@ -84,9 +83,6 @@ struct Inner {
     space: Mutex<Space>,
     /// The file is on a disk: slots move with `pwritev`/`preadv`.
     on_disk: bool,
-    /// Held while the file grows, by a store or by the warmer, so that two
-    /// growths never overlap (lock order: this, then `space`).
-    growing: Mutex<()>,
     /// Bytes of free space to keep allocated past the highest slot stored.
     ready: AtomicU64,
     /// Wakes the warmer; `true` tells it to stop.
@@ -184,7 +180,6 @@ impl FileSwap {
             map,
             space: Mutex::new(space),
             on_disk,
-            growing: Mutex::new(()),
             ready: AtomicU64::new(0),
             warm: Mutex::new(false),
             warm_changed: Condvar::new(),
@@ -284,9 +279,13 @@ impl Inner {
     }
 
     /// Grow the file by one step towards [`Inner::wanted_len`]: allocate the
-    /// pages, map them in (tmpfs), then let stores use them.
+    /// pages, map them in (tmpfs), then let stores use them. No lock is
+    /// held meanwhile, so a store never waits for this thread (which runs
+    /// at nice 19 and may be slow on a busy machine): a store past `len`
+    /// allocates what it needs itself. Both may allocate the same pages,
+    /// which is harmless (`fallocate` keeps what a page holds, and so does
+    /// the mapping in), and `len` only grows.
     fn warm_step(&self) -> io::Result<()> {
-        let _growing = self.growing.lock().unwrap_or_else(|p| p.into_inner());
         let (len, wanted) = {
             let space = self.space();
             (space.len, self.wanted_len(&space))
@@ -322,12 +321,6 @@ impl Inner {
         let now = self.opened.elapsed().as_nanos() as u64;
         self.last_store.store(now, Ordering::Relaxed);
         let mut space = self.space();
-        let mut _growing = None;
-        if end > space.len {
-            drop(space);
-            _growing = Some(self.growing.lock().unwrap_or_else(|p| p.into_inner()));
-            space = self.space();
-        }
         if end > space.len {
             let new_len = end.max(space.len + GROW_STEP.max(space.len / 8)).min(RESERVE);
             rustix::fs::fallocate(
@@ -663,6 +656,34 @@ mod tests {
             assert_eq!(allocated().0, wanted);
             // Dropping the store stops the thread (the drop joins it).
             drop(swap);
+        }
+    }
+
+    #[test]
+    fn stores_racing_the_warmer_keep_their_data() {
+        for dir in dirs() {
+            let path = dir.path().join("pool.swap");
+            let swap = FileSwap::open(&path).unwrap();
+            // The warmer grows towards 256 MiB while stores land ahead of
+            // it, behind it and in what it is allocating, then are punched.
+            swap.keep_ready(4 * GROW_STEP);
+            let step = GROW_STEP / PAGE_SIZE;
+            let slots: Vec<u64> = (0..64).map(|i| (i * 7919) % (5 * step)).collect();
+            let mut model = BTreeMap::new();
+            for (i, &slot) in slots.iter().enumerate() {
+                swap.write_slots(slot, &[i as u8 + 1; 4096]).unwrap();
+                model.insert(slot, i as u8 + 1);
+                if i % 8 == 7 {
+                    swap.discard_slots(&[slots[i - 3]]);
+                    model.insert(slots[i - 3], 0);
+                }
+                std::thread::sleep(Duration::from_millis(if i % 16 == 0 { 120 } else { 1 }));
+            }
+            let mut buf = [0u8; 4096];
+            for (&slot, &byte) in &model {
+                swap.read_slot(slot, &mut buf).unwrap();
+                assert_eq!(buf, [byte; 4096], "slot {slot}");
+            }
         }
     }
 

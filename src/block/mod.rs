@@ -182,8 +182,9 @@ const PARALLEL_FROM: usize = 1024;
 /// Most threads a batch's copies use.
 const COPY_THREADS: usize = 4;
 
-/// Sorted offsets of `size`-byte units as `(offset, bytes)` runs of
-/// adjacent units.
+/// Sorted, distinct offsets of units `size` long (bytes of frames or
+/// pages, or 1 for slot numbers) as `(offset, length)` runs of adjacent
+/// units.
 fn byte_runs(sorted: &[u64], size: u64) -> Vec<(u64, u64)> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for &at in sorted {

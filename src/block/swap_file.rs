@@ -498,16 +498,8 @@ impl SwapStore for FileSwap {
         sorted.sort_unstable();
         sorted.dedup();
         let mut space = self.inner.space();
-        let mut at = 0;
-        while at < sorted.len() {
-            let first = sorted[at];
-            let mut end = first + 1;
-            at += 1;
-            while at < sorted.len() && sorted[at] == end {
-                end += 1;
-                at += 1;
-            }
-            let end = end.min(space.len / PAGE_SIZE);
+        for (first, count) in super::byte_runs(&sorted, 1) {
+            let end = (first + count).min(space.len / PAGE_SIZE);
             if first >= end || space.holes.len() >= MAX_HOLES {
                 continue;
             }

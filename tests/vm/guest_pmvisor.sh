@@ -45,14 +45,30 @@ wait_gone() {
   return 0
 }
 
-# pmv_dump: the end of the daemon's log and the kernel stacks of tasks
-# stuck in uninterruptible sleep, for a step that hangs.
+# pmv_dump: what a hung step needs explained: the end of the daemon's log,
+# its threads and where they wait, the tasks stuck in uninterruptible
+# sleep, the block layer's view of the device, and the kernel's log.
 pmv_dump() {
-  echo "--- serve log: $(tail -n 8 $PMV_LOG | tr '\n' '|')"
+  echo "--- serve log (last 30 lines):"
+  tail -n 30 $PMV_LOG
+  for t in /proc/$PMV_PID/task/*; do
+    [ -d "$t" ] || continue
+    echo "--- daemon thread $(cat $t/comm) $(awk '/^State:/ {print $2}' $t/status) $(tr '\n' '<' <$t/stack 2>/dev/null)"
+  done
   for t in /proc/[0-9]*; do
     [ "$(awk '/^State:/ {print $2}' $t/status 2>/dev/null)" = D ] || continue
     echo "--- D: $(cat $t/comm) $(tr '\n' '<' <$t/stack 2>/dev/null)"
   done
+  dev=$(basename "${PMV_DEV:-ublkb0}")
+  echo "--- /sys/block/$dev/inflight: $(cat /sys/block/$dev/inflight 2>/dev/null)"
+  grep -q " /sys/kernel/debug " /proc/mounts || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+  for f in /sys/kernel/debug/block/$dev/state /sys/kernel/debug/block/$dev/requeue_list \
+    /sys/kernel/debug/block/$dev/hctx*/state /sys/kernel/debug/block/$dev/hctx*/busy \
+    /sys/kernel/debug/block/$dev/hctx*/dispatch; do
+    [ -e "$f" ] && echo "--- $f: $(tr '\n' '<' <$f)"
+  done
+  echo "--- dmesg:"
+  dmesg | tail -n 15
 }
 
 # pmv_stop: SIGTERM the daemon; it must exit 0.

@@ -22,9 +22,11 @@
 #   pass NAME [DETAIL] / fail NAME [DETAIL]  print "STEP NAME PASS|FAIL DETAIL"
 #   check NAME FUNC [ARGS...]                run FUNC; PASS with its last output
 #                                            line, or FAIL with its last three
+#                                            followed by its last 80 lines
 #   and returns FUNC's status
 # /init prints "STEP load_modules PASS|FAIL ..." first and "GUEST DONE" last,
-# then powers the VM off.
+# then powers the VM off (without waiting more than 10 s for a sync that a
+# device left hanging by a failed step would never finish).
 set -euo pipefail
 
 kernel='' scripts=() out='' modules=() bins=()
@@ -139,6 +141,10 @@ check() {
     pass "$name" "$(tail -n 1 /tmp/step.out)"
   else
     fail "$name" "exit $rc: $(tail -n 3 /tmp/step.out | tr '\n' ' ')"
+    # The whole story (diagnostics of a hang are longer than 3 lines).
+    echo "--- output of step $name:"
+    tail -n 80 /tmp/step.out
+    echo "--- end of step $name"
   fi
   return $rc
 }
@@ -151,7 +157,10 @@ if [ -z "$failed" ]; then pass load_modules "$loaded"; else fail load_modules "$
 
 . /guest.sh
 echo "GUEST DONE"
-sync
+# Bounded: after a failed step a device's I/O may hang, and the VM must
+# still power off rather than wait for the test's deadline.
+sync & i=0
+while kill -0 $! 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 poweroff -f
 INIT
 chmod +x "$root/init"

@@ -16,6 +16,7 @@
 //!   96 MiB block region with a 32 MiB resident quota and swap as
 //!   `/dev/ublkbN`; O_DIRECT I/O, ext4, SIGKILL of the daemon while mounted
 //!   and a restart that recovers the device with an fsync'd write pending,
+//!   five more kill-and-recover cycles with a read pending,
 //!   a working set larger than the quota (evictions and faults under ublk),
 //!   discard freeing blocks, dm-cache on the device, SIGTERM, and a restart
 //!   after a clean stop followed by `export remove`.
@@ -43,7 +44,7 @@ use common::vm::{self, which, Vm};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The guest steps, in order; every one must report PASS.
-const STEPS: [&str; 20] = [
+const STEPS: [&str; 21] = [
     "load_modules",
     "ublk_drv",
     "ublk_start",
@@ -59,6 +60,7 @@ const STEPS: [&str; 20] = [
     "pmv_direct_io",
     "pmv_ext4",
     "pmv_recovery",
+    "pmv_recovery_repeated",
     "pmv_working_set",
     "pmv_discard",
     "pmv_dm_cache",

@@ -14,6 +14,7 @@ use libublk::ctrl::UblkCtrl;
 use libublk::sys;
 
 use super::error::{os_error, UblkError, CONTROL_PATH};
+use super::ring::ControlThread;
 
 /// Directory where libublk keeps each device's JSON description.
 const RUN_DIR: &str = "/run/ublksrvd";
@@ -107,7 +108,8 @@ pub fn check_driver() -> Result<(), UblkError> {
     }
 }
 
-/// Open a control handle on an existing device from this thread.
+/// Open a control handle on an existing device from this thread, which
+/// must hold a [`ControlThread`] while it uses the handle.
 fn open(id: u32) -> Result<UblkCtrl, UblkError> {
     check_driver()?;
     let signed = i32::try_from(id)
@@ -135,6 +137,7 @@ pub fn list_devices() -> Result<Vec<UblkDeviceInfo>, UblkError> {
 
 /// What the driver says about device `id`.
 pub fn device_info(id: u32) -> Result<UblkDeviceInfo, UblkError> {
+    let _control = ControlThread::enter();
     let ctrl = open(id)?;
     let info = ctrl.dev_info();
     let mut params = sys::ublk_params::default();
@@ -166,6 +169,7 @@ fn label_from_json(id: u32) -> Option<String> {
 
 /// Stop device `id`: its queues end and its block device goes away.
 pub fn stop_device(id: u32) -> Result<(), UblkError> {
+    let _control = ControlThread::enter();
     let ctrl = open(id)?;
     ctrl.kill_dev().map(drop).map_err(|e| UblkError::Stop { id, source: os_error(e) })
 }
@@ -174,6 +178,7 @@ pub fn stop_device(id: u32) -> Result<(), UblkError> {
 /// that is not coming back). A device still served must be stopped by its
 /// server ([`super::UblkHandle::stop`]); deleting it here waits for that.
 pub fn delete_device(id: u32) -> Result<(), UblkError> {
+    let _control = ControlThread::enter();
     let ctrl = open(id)?;
     // A QUIESCED or DEAD device may refuse STOP; DEL_DEV is what matters.
     let _ = ctrl.kill_dev();

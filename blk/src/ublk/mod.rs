@@ -51,6 +51,7 @@ mod control;
 mod error;
 mod params;
 mod request;
+mod ring;
 mod target;
 
 pub use control::{

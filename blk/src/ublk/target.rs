@@ -24,6 +24,7 @@ use super::control::{self, block_path};
 use super::error::{os_error, UblkError};
 use super::params::{device_params, MAX_IO_BYTES};
 use super::request::Request;
+use super::ring::ControlThread;
 use crate::device::BlockDevice;
 
 /// How a device is created or recovered.
@@ -201,6 +202,8 @@ fn run_device(
     tx: &SyncSender<Event>,
     stopping: Arc<AtomicBool>,
 ) -> Result<(), UblkError> {
+    // For the thread's whole life: its queue threads inherit the mask.
+    let _control = ControlThread::enter();
     let ctrl = match build_ctrl(opts) {
         Ok(ctrl) => ctrl,
         Err(err) => {
